@@ -1,0 +1,47 @@
+//! The trait every capability plugin implements.
+
+use crate::{HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError};
+use async_trait::async_trait;
+
+/// A capability plugin: a named provider of one or more capabilities.
+///
+/// The host calls [`initialize`](Self::initialize) once before any request, then
+/// [`process_request`](Self::process_request) concurrently from many tasks, so the plugin keeps
+/// its state behind its own synchronisation. A request for a capability the plugin does not
+/// serve, or with data of the wrong shape, is answered with
+/// [`PluginError::invalid_request`] (or an `IntegrationResponse::failure`), never a panic. The
+/// host contains panics and hangs anyway, but treats them as failures and falls back.
+#[async_trait]
+pub trait OrchestrationPlugin: Send + Sync + 'static {
+    /// The plugin's unique name, e.g. `"ContextAwareRoutingPlugin"`.
+    fn name(&self) -> &str;
+
+    /// The plugin's version; defaults to the crate version of `plugin-api` it was built with.
+    fn version(&self) -> &str {
+        crate::API_VERSION
+    }
+
+    /// The capabilities this plugin serves. Read once, at registration.
+    fn capabilities(&self) -> Vec<String>;
+
+    /// Called once, before any request, with the handle on the host (configuration included).
+    /// An error here refuses the registration.
+    async fn initialize(&self, host: HostHandle) -> Result<(), PluginError>;
+
+    /// Serves one request for one of [`capabilities`](Self::capabilities).
+    async fn process_request(
+        &self,
+        request: IntegrationRequest,
+    ) -> Result<IntegrationResponse, PluginError>;
+
+    /// Says whether the plugin can serve.
+    async fn health_check(&self) -> HealthStatus;
+
+    /// Receives lifecycle events, in order. The default ignores them.
+    async fn on_event(&self, event: &OrchestratorEvent) {
+        let _ = event;
+    }
+
+    /// Called once when the plugin is unregistered, after calls in flight have drained.
+    async fn shutdown(&self) {}
+}
