@@ -1,1 +1,35 @@
-//! x
+//! The engine of `orchestrator`: agents, the capability registry and dispatch with legacy
+//! fallback. For applications that embed it (usually through the `orchestrator` facade).
+//!
+//! - [`Orchestrator`] holds the agent fleet and the plugins, and dispatches capability calls:
+//!   feature flag, then providers by priority (each call under a timeout and `catch_unwind`),
+//!   then the built-in legacy path.
+//! - Plugins are written against `plugin-api` and never see this crate's types.
+//! - [`AgentExecutor`] is the embedder's hook for doing an agent's work.
+
+mod agents;
+mod config;
+mod dispatch;
+mod error;
+mod events;
+mod executor;
+mod guard;
+mod host;
+mod ids;
+mod legacy;
+mod orchestrator;
+mod registry;
+mod task;
+
+pub use agents::{Agent, AgentConfig};
+pub use dispatch::LEGACY;
+pub use error::{
+    AgentError, ConfigError, DispatchError, FailedAttempt, OrchestratorError, ProviderFailure,
+    RegistryError,
+};
+pub use executor::{AgentExecutor, DryRunExecutor, ExecutionContext, ExecutorError};
+pub use ids::AgentId;
+pub use orchestrator::{DEFAULT_CALL_TIMEOUT, Orchestrator, OrchestratorBuilder};
+pub use plugin_api::AgentStatus;
+pub use registry::{CapabilityInfo, Catalog, PluginInfo, PluginOptions, PluginOrigin};
+pub use task::Task;

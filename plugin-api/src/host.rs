@@ -6,7 +6,9 @@
 //! `tokio::spawn` or `tokio::time::sleep` from it fails with "no reactor running". Asking the
 //! host instead works the same whether the plugin is linked statically or dynamically.
 
-use crate::{AgentInfo, AgentStatus, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError};
+use crate::{
+    AgentInfo, AgentStatus, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError,
+};
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
@@ -55,7 +57,9 @@ pub struct HostHandle {
 
 impl fmt::Debug for HostHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostHandle").field("plugin", &self.plugin).finish_non_exhaustive()
+        f.debug_struct("HostHandle")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,6 +1,9 @@
 //! The trait every capability plugin implements.
 
-use crate::{HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError};
+use crate::{
+    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestratorEvent,
+    PluginError,
+};
 use async_trait::async_trait;
 
 /// A capability plugin: a named provider of one or more capabilities.

@@ -1,0 +1,133 @@
+//! The orchestrator's side of [`plugin_api::Host`]: what plugins reach through their
+//! [`HostHandle`](plugin_api::HostHandle).
+//!
+//! The host holds only a weak reference to the orchestrator: plugins hold host handles and the
+//! orchestrator holds plugins, so a strong one would be a cycle that never frees. Once every
+//! `Orchestrator` clone is dropped, host calls answer "unavailable".
+//!
+//! Capability calls made by plugins carry their nesting depth in a task-local; past
+//! [`MAX_CALL_DEPTH`] they are refused, so a plugin that (directly or through others) calls
+//! itself fails with a clear error instead of exhausting the stack.
+
+use crate::dispatch;
+use crate::error::{DispatchError, OrchestratorError};
+use crate::orchestrator::Inner;
+use plugin_api::{
+    AgentInfo, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse,
+    OrchestratorEvent, PluginError,
+};
+use serde_json::Value;
+use std::sync::Weak;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How deeply plugin-to-capability calls may nest.
+pub(crate) const MAX_CALL_DEPTH: u32 = 16;
+
+tokio::task_local! {
+    static CALL_DEPTH: u32;
+}
+
+pub(crate) struct CoreHost {
+    pub(crate) inner: Weak<Inner>,
+}
+
+fn gone() -> PluginError {
+    PluginError::unavailable("the orchestrator has shut down")
+}
+
+impl Host for CoreHost {
+    fn plugin_config(&self, plugin: &str) -> Value {
+        self.inner
+            .upgrade()
+            .map(|inner| inner.plugin_config(plugin))
+            .unwrap_or(Value::Null)
+    }
+
+    fn agents(&self) -> Vec<AgentInfo> {
+        match self.inner.upgrade() {
+            Some(inner) => inner
+                .agents
+                .entries()
+                .iter()
+                .map(|e| e.snapshot().into())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn agent(&self, id: &str) -> Option<AgentInfo> {
+        self.inner
+            .upgrade()?
+            .agents
+            .get(id)
+            .map(|e| e.snapshot().into())
+    }
+
+    fn set_agent_status(&self, id: &str, status: AgentStatus) -> Result<(), PluginError> {
+        let inner = self.inner.upgrade().ok_or_else(gone)?;
+        inner
+            .set_agent_status(id, status)
+            .map_err(|e| PluginError::invalid_request(e.to_string()))
+    }
+
+    fn call(
+        &self,
+        caller: &str,
+        request: IntegrationRequest,
+    ) -> BoxFuture<'static, Result<IntegrationResponse, PluginError>> {
+        let inner = self.inner.upgrade();
+        let depth = CALL_DEPTH.try_with(|d| *d).unwrap_or(0);
+        let caller = caller.to_owned();
+        Box::pin(async move {
+            let inner = inner.ok_or_else(gone)?;
+            if depth >= MAX_CALL_DEPTH {
+                return Err(PluginError::new(format!(
+                    "capability calls nest more than {MAX_CALL_DEPTH} deep (last: `{caller}` calling `{}`): does a plugin call its own capability?",
+                    request.capability
+                )));
+            }
+            CALL_DEPTH
+                .scope(depth + 1, async move {
+                    dispatch::execute(&inner, request).await
+                })
+                .await
+                .map_err(|e| match e {
+                    OrchestratorError::Dispatch(DispatchError::InvalidRequest { .. }) => {
+                        PluginError::invalid_request(e.to_string())
+                    }
+                    other => PluginError::new(other.to_string()),
+                })
+        })
+    }
+
+    fn emit(&self, event: OrchestratorEvent) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.events.emit(event);
+        }
+    }
+
+    fn now_unix_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        self.inner
+            .upgrade()
+            .map(|inner| inner.started.elapsed().as_nanos() as u64)
+            .unwrap_or(0)
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        if let Some(inner) = self.inner.upgrade() {
+            // A panic in a spawned task ends that task only; tokio contains it.
+            drop(inner.runtime.spawn(task));
+        }
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}

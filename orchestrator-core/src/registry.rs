@@ -1,0 +1,412 @@
+//! The capability registry: which plugins serve which capability, in which order.
+//!
+//! Readers (every dispatch) take a lock-free snapshot with `ArcSwap::load`; there is no lock on
+//! the hot path. Writers (registering, replacing or removing a plugin, switching a capability)
+//! are rare: they are serialized by a mutex, build a new snapshot from the current one and swap
+//! it in. Serializing writers makes each update a true read-modify-write of the latest
+//! snapshot, which is what `ArcSwap::rcu` gives, while letting a writer refuse an update with an
+//! error (a conflict) instead of retrying a closure.
+//!
+//! A capability never changes hands silently: a second provider needs an explicit priority
+//! different from every existing provider's, and a plugin of the same name needs an explicit
+//! replace.
+
+use crate::error::RegistryError;
+use arc_swap::ArcSwap;
+use plugin_api::{HealthStatus, OrchestrationPlugin};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// How a plugin is registered: its priority among providers of the same capability, and
+/// whether it may replace a plugin of the same name.
+///
+/// ```
+/// use orchestrator_core::PluginOptions;
+/// let options = PluginOptions::new().priority(10).replace();
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PluginOptions {
+    /// Higher is tried first. `None` means 0 and refuses to share a capability with any other
+    /// provider.
+    pub priority: Option<i32>,
+    /// Swap out a registered plugin of the same name (hot swap) instead of refusing.
+    pub replace: bool,
+}
+
+impl PluginOptions {
+    /// No priority, no replace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets an explicit priority: higher is tried first.
+    #[must_use]
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Allows replacing a registered plugin of the same name.
+    #[must_use]
+    pub fn replace(mut self) -> Self {
+        self.replace = true;
+        self
+    }
+}
+
+/// How a plugin came into the orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PluginOrigin {
+    /// Linked into the application and registered as a value.
+    Static,
+}
+
+/// Call counters of one plugin.
+#[derive(Debug, Default)]
+pub(crate) struct PluginStats {
+    pub(crate) calls: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+}
+
+/// One registered plugin and its bookkeeping.
+pub(crate) struct PluginSlot {
+    pub(crate) name: Arc<str>,
+    pub(crate) version: String,
+    pub(crate) origin: PluginOrigin,
+    pub(crate) capabilities: Vec<String>,
+    pub(crate) priority: i32,
+    pub(crate) explicit_priority: bool,
+    pub(crate) plugin: Arc<dyn OrchestrationPlugin>,
+    pub(crate) stats: PluginStats,
+    pub(crate) health: Mutex<Option<HealthStatus>>,
+    in_flight: AtomicUsize,
+    drained: Notify,
+}
+
+impl PluginSlot {
+    pub(crate) fn new(
+        plugin: Arc<dyn OrchestrationPlugin>,
+        capabilities: Vec<String>,
+        options: PluginOptions,
+        origin: PluginOrigin,
+    ) -> Self {
+        Self {
+            name: Arc::from(plugin.name()),
+            version: plugin.version().to_owned(),
+            origin,
+            capabilities,
+            priority: options.priority.unwrap_or(0),
+            explicit_priority: options.priority.is_some(),
+            plugin,
+            stats: PluginStats::default(),
+            health: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+            drained: Notify::new(),
+        }
+    }
+
+    /// Marks a call in flight until the guard drops.
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Waits until no call is in flight.
+    pub(crate) async fn drain(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn set_health(&self, health: HealthStatus) {
+        *lock(&self.health) = Some(health);
+    }
+
+    pub(crate) fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: self.name.to_string(),
+            version: self.version.clone(),
+            origin: self.origin.clone(),
+            capabilities: self.capabilities.clone(),
+            priority: self.priority,
+            health: lock(&self.health).clone(),
+            calls: self.stats.calls.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+            panics: self.stats.panics.load(Ordering::Relaxed),
+            timeouts: self.stats.timeouts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A call in flight on a plugin; dropping it may finish a drain.
+pub(crate) struct InFlight(Arc<PluginSlot>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a holder panicked (the data here stays consistent:
+/// every critical section is a plain assignment or a snapshot swap).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The providers of one capability, highest priority first.
+pub(crate) struct Route {
+    pub(crate) capability: Arc<str>,
+    pub(crate) providers: Vec<Arc<PluginSlot>>,
+}
+
+/// The registry's state at one point in time.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    pub(crate) plugins: BTreeMap<Arc<str>, Arc<PluginSlot>>,
+    /// Capability -> its providers.
+    pub(crate) routes: HashMap<String, Arc<Route>>,
+    /// Capabilities switched off. Kept even while no plugin provides them.
+    pub(crate) disabled: BTreeSet<String>,
+}
+
+impl Snapshot {
+    fn rebuild_routes(
+        plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>,
+    ) -> HashMap<String, Arc<Route>> {
+        let mut routes: HashMap<String, Vec<Arc<PluginSlot>>> = HashMap::new();
+        for slot in plugins.values() {
+            for cap in &slot.capabilities {
+                routes
+                    .entry(cap.clone())
+                    .or_default()
+                    .push(Arc::clone(slot));
+            }
+        }
+        routes
+            .into_iter()
+            .map(|(cap, mut providers)| {
+                providers.sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then_with(|| a.name.cmp(&b.name))
+                });
+                let route = Route {
+                    capability: Arc::from(cap.as_str()),
+                    providers,
+                };
+                (cap, Arc::new(route))
+            })
+            .collect()
+    }
+
+    pub(crate) fn is_enabled(&self, capability: &str) -> bool {
+        self.disabled.is_empty() || !self.disabled.contains(capability)
+    }
+
+    pub(crate) fn capability_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.routes.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// The registry itself.
+#[derive(Default)]
+pub(crate) struct CapabilityRegistry {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+}
+
+impl CapabilityRegistry {
+    /// The current snapshot (lock-free).
+    pub(crate) fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`, for holding across `.await`.
+    pub(crate) fn snapshot_arc(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Checks whether `slot` could be inserted now, without inserting it.
+    pub(crate) fn check_insert(
+        &self,
+        slot: &PluginSlot,
+        replace: bool,
+    ) -> Result<(), RegistryError> {
+        check_insert(&self.current.load(), slot, replace)
+    }
+
+    /// Inserts `slot`; returns the plugin it replaced, if any.
+    pub(crate) fn insert(
+        &self,
+        slot: Arc<PluginSlot>,
+        replace: bool,
+    ) -> Result<Option<Arc<PluginSlot>>, RegistryError> {
+        let _writer = lock(&self.writer);
+        let old = self.current.load_full();
+        check_insert(&old, &slot, replace)?;
+        let mut plugins = old.plugins.clone();
+        let replaced = plugins.insert(Arc::clone(&slot.name), slot);
+        let routes = Snapshot::rebuild_routes(&plugins);
+        self.current.store(Arc::new(Snapshot {
+            plugins,
+            routes,
+            disabled: old.disabled.clone(),
+        }));
+        Ok(replaced)
+    }
+
+    /// Removes the plugin named `name`; returns it.
+    pub(crate) fn remove(&self, name: &str) -> Result<Arc<PluginSlot>, RegistryError> {
+        let _writer = lock(&self.writer);
+        let old = self.current.load_full();
+        let mut plugins = old.plugins.clone();
+        let removed = plugins
+            .remove(name)
+            .ok_or_else(|| RegistryError::PluginNotFound {
+                name: name.to_owned(),
+                known: old.plugins.keys().map(|k| k.to_string()).collect(),
+            })?;
+        let routes = Snapshot::rebuild_routes(&plugins);
+        self.current.store(Arc::new(Snapshot {
+            plugins,
+            routes,
+            disabled: old.disabled.clone(),
+        }));
+        Ok(removed)
+    }
+
+    /// Switches a capability on or off; `known` says whether the caller knows the capability
+    /// (provided by a plugin or by the legacy path). Returns whether the flag changed.
+    pub(crate) fn set_enabled(
+        &self,
+        capability: &str,
+        enabled: bool,
+        legacy_known: bool,
+    ) -> Result<bool, RegistryError> {
+        let _writer = lock(&self.writer);
+        let old = self.current.load_full();
+        if !legacy_known && !old.routes.contains_key(capability) {
+            return Err(RegistryError::UnknownCapability {
+                capability: capability.to_owned(),
+                known: old.capability_names(),
+            });
+        }
+        let mut disabled = old.disabled.clone();
+        let changed = if enabled {
+            disabled.remove(capability)
+        } else {
+            disabled.insert(capability.to_owned())
+        };
+        if changed {
+            self.current.store(Arc::new(Snapshot {
+                plugins: old.plugins.clone(),
+                routes: old.routes.clone(),
+                disabled,
+            }));
+        }
+        Ok(changed)
+    }
+}
+
+fn check_insert(
+    snapshot: &Snapshot,
+    slot: &PluginSlot,
+    replace: bool,
+) -> Result<(), RegistryError> {
+    if !replace && snapshot.plugins.contains_key(&*slot.name) {
+        return Err(RegistryError::DuplicatePlugin {
+            name: slot.name.to_string(),
+        });
+    }
+    for cap in &slot.capabilities {
+        let Some(providers) = snapshot.routes.get(cap) else {
+            continue;
+        };
+        for existing in providers.providers.iter().filter(|p| p.name != slot.name) {
+            let ambiguous = !slot.explicit_priority || existing.priority == slot.priority;
+            if ambiguous {
+                return Err(RegistryError::CapabilityConflict {
+                    capability: cap.clone(),
+                    existing: existing.name.to_string(),
+                    plugin: slot.name.to_string(),
+                    priority: existing.priority,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the catalog says about one plugin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PluginInfo {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// How it was loaded.
+    pub origin: PluginOrigin,
+    /// The capabilities it provides.
+    pub capabilities: Vec<String>,
+    /// Its priority among providers (higher first).
+    pub priority: i32,
+    /// Its last health check (`None` before the first).
+    pub health: Option<HealthStatus>,
+    /// Requests it was given.
+    pub calls: u64,
+    /// Requests it answered with an error (other than invalid input).
+    pub errors: u64,
+    /// Requests during which it panicked.
+    pub panics: u64,
+    /// Requests it did not answer in time.
+    pub timeouts: u64,
+}
+
+/// What the catalog says about one capability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CapabilityInfo {
+    /// Its name.
+    pub name: String,
+    /// The plugins that provide it, in the order they are tried.
+    pub providers: Vec<String>,
+    /// Whether it is enabled; a disabled capability goes straight to the legacy path.
+    pub enabled: bool,
+    /// Whether the legacy path can serve it.
+    pub legacy_fallback: bool,
+}
+
+/// Everything the orchestrator hosts, in a form that serializes (to JSON for an admin endpoint,
+/// for instance).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Catalog {
+    /// Every plugin, by name.
+    pub plugins: Vec<PluginInfo>,
+    /// Every capability, by name: those plugins provide and those only the legacy path serves.
+    pub capabilities: Vec<CapabilityInfo>,
+    /// Whether the legacy fallback path is on.
+    pub legacy_mode: bool,
+    /// Registered agents.
+    pub agent_count: usize,
+}
