@@ -1,1 +1,55 @@
-//! x
+//! Embed a capability-plugin host and agent orchestrator in your Rust application: the facade
+//! crate that applications depend on.
+//!
+//! An application builds an [`Orchestrator`], registers agents and plugins, and calls
+//! capabilities. Each capability is served by a plugin found through one capability registry;
+//! when a plugin is missing, disabled, failing or too slow, the call moves on to the next
+//! provider and finally to a built-in legacy path, so the orchestrator keeps working.
+//!
+//! ```
+//! use orchestrator::prelude::*;
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), OrchestratorError> {
+//! let orchestrator = Orchestrator::builder().build().await?;
+//! let reviewer = orchestrator
+//!     .register_agent(AgentConfig::new("reviewer").with_capabilities(["code_review"]))
+//!     .await?;
+//!
+//! let task = Task::new("review the parser change").with_required_capabilities(["code_review"]);
+//! assert_eq!(orchestrator.select_agent_for_task(&task, &[]).await?, reviewer);
+//!
+//! let response = orchestrator
+//!     .execute(IntegrationRequest::new("extended_thinking", json!({"task_description": task.description})))
+//!     .await?;
+//! assert!(response.success && response.fallback); // no workflow plugin here: the legacy path answered
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Plugins are written against the [`plugin_api`] crate, re-exported here.
+
+pub use orchestrator_core::{
+    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, CapabilityInfo, Catalog,
+    ConfigError, DEFAULT_CALL_TIMEOUT, DispatchError, DryRunExecutor, ExecutionContext,
+    ExecutorError, FailedAttempt, LEGACY, Orchestrator, OrchestratorBuilder, OrchestratorError,
+    PluginInfo, PluginOptions, PluginOrigin, ProviderFailure, RegistryError, Task,
+};
+pub use plugin_api;
+pub use plugin_api::{
+    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
+    OrchestratorEvent, PluginError,
+};
+
+/// The names most applications use, in one `use orchestrator::prelude::*;`.
+pub mod prelude {
+    pub use orchestrator_core::{
+        AgentConfig, AgentId, AgentStatus, Orchestrator, OrchestratorBuilder, OrchestratorError,
+        Task,
+    };
+    pub use plugin_api::{
+        HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
+        PluginError,
+    };
+}
