@@ -1,0 +1,70 @@
+//! Shared pieces of the benches: a minimal plugin, the nine-plugin stand-in set, and a tokio
+//! runtime shaped like the machine the targets are for (2 worker threads).
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use orchestrator::plugin_api::async_trait;
+use orchestrator::prelude::*;
+use orchestrator::PluginOptions;
+use serde_json::json;
+
+/// Answers every request with `{"ok": true}`: as little work as a plugin can do, so that what
+/// is measured around it is the host's overhead.
+pub struct MinimalPlugin {
+    pub name: String,
+    pub capabilities: Vec<String>,
+}
+
+impl MinimalPlugin {
+    pub fn new(name: &str, capabilities: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl OrchestrationPlugin for MinimalPlugin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn capabilities(&self) -> Vec<String> {
+        self.capabilities.clone()
+    }
+    async fn initialize(&self, _host: HostHandle) -> Result<(), PluginError> {
+        Ok(())
+    }
+    async fn process_request(&self, _request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+        Ok(IntegrationResponse::ok(json!({"ok": true})))
+    }
+    async fn health_check(&self) -> HealthStatus {
+        HealthStatus::healthy()
+    }
+}
+
+/// Nine plugins with three capabilities each, named like the nine plugin crates: the shape of
+/// `with_default_plugins()` (whose plugins land in their own issues), so that registration is
+/// measured with nine plugins receiving its events.
+pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
+    const SET: [(&str, [&str; 3]); 9] = [
+        ("EnhancedWorkflowPlugin", ["extended_thinking", "slash_commands", "quality_gates"]),
+        ("ContextAwareRoutingPlugin", ["semantic_routing", "agent_profiling", "performance_learning"]),
+        ("SecurityIntegrationPlugin", ["oauth_auth", "rbac_enforcement", "audit_logging"]),
+        ("SharedStatePlugin", ["atomic_updates", "real_time_balancing", "workflow_tracking"]),
+        ("TaskCoordinationPlugin", ["agent_requests", "task_mapping", "workload_analysis"]),
+        ("PerformanceMonitoringPlugin", ["real_time_monitoring", "task_performance", "auto_scaling"]),
+        ("HookIntegrationPlugin", ["lifecycle_hooks", "observability", "performance_hooks"]),
+        ("ContextManagementPlugin", ["sleep_wake_cycles", "context_consolidation", "session_management"]),
+        ("LoadBalancingPlugin", ["adaptive_balancing", "capacity_management", "resource_optimization"]),
+    ];
+    SET.iter()
+        .fold(builder, |b, (name, caps)| b.plugin_with(MinimalPlugin::new(name, caps), PluginOptions::new()))
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -1,0 +1,81 @@
+//! Quickstart: build an orchestrator on the embedded defaults, register a few agents and a small
+//! plugin, call capabilities (one served by the plugin, two by the built-in legacy path), run a
+//! task on the chosen agent, and print the catalog.
+//!
+//! Run it with `cargo run --example quickstart`.
+
+use orchestrator::plugin_api::async_trait;
+use orchestrator::prelude::*;
+use serde_json::json;
+
+/// A tiny plugin: `text_stats` counts the words and sentences of `text`.
+struct TextStatsPlugin;
+
+#[async_trait]
+impl OrchestrationPlugin for TextStatsPlugin {
+    fn name(&self) -> &str {
+        "TextStatsPlugin"
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        vec!["text_stats".into()]
+    }
+
+    async fn initialize(&self, _host: HostHandle) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+        let text = request
+            .data
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| PluginError::invalid_request("expected {\"text\": string}"))?;
+        let sentences = text.split(['.', '!', '?']).filter(|s| !s.trim().is_empty()).count();
+        Ok(IntegrationResponse::ok(json!({
+            "words": text.split_whitespace().count(),
+            "sentences": sentences,
+        })))
+    }
+
+    async fn health_check(&self) -> HealthStatus {
+        HealthStatus::healthy()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let orchestrator = Orchestrator::builder().plugin(TextStatsPlugin).build().await?;
+
+    let reviewer = orchestrator
+        .register_agent(AgentConfig::new("reviewer").with_capabilities(["code_review", "rust"]).with_capacity(2))
+        .await?;
+    let deployer = orchestrator
+        .register_agent(AgentConfig::new("deployer").with_capabilities(["deploy"]))
+        .await?;
+    println!("registered {} agents: {reviewer}, {deployer}", orchestrator.agent_count());
+
+    // A capability served by a plugin.
+    let stats = orchestrator
+        .execute(IntegrationRequest::new("text_stats", json!({"text": "Ship it. Then monitor!"})))
+        .await?;
+    println!("text_stats (served by {}): {}", stats.served_by, stats.data);
+
+    // Bad input is an error that says what was expected, never a panic.
+    let bad = orchestrator.execute(IntegrationRequest::new("text_stats", json!({"txt": 1}))).await;
+    println!("bad input: {}", bad.expect_err("refused"));
+
+    // No routing plugin is registered, so the legacy path picks the least-loaded eligible agent.
+    let task = Task::new("review the parser change, then deploy it").with_required_capabilities(["deploy"]);
+    let chosen = orchestrator.select_agent_for_task(&task, &[]).await?;
+    println!("task {} goes to {chosen}", task.id);
+
+    // Run it; the default executor is a dry run that shows what it would do.
+    let output = orchestrator
+        .execute_agent_task(&chosen, json!({"task_description": task.description}))
+        .await?;
+    println!("plan: {}", output["analysis"]["plan"]);
+
+    println!("catalog:\n{}", serde_json::to_string_pretty(&orchestrator.catalog())?);
+    Ok(())
+}
