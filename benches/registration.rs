@@ -43,7 +43,10 @@ impl NaiveRegistry {
             load: 0,
             capacity: config.capacity,
         };
-        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), agent);
+        self.agents
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), agent);
         id
     }
 }
@@ -56,15 +59,73 @@ fn bench_register(c: &mut Criterion) {
     let rt = support::runtime();
     let mut group = c.benchmark_group("register_agent");
     group.throughput(Throughput::Elements(1));
-    group.bench_function(BenchmarkId::new("naive_rwlock_hashmap", "nine_plugins"), |b| {
-        let naive = NaiveRegistry::default();
-        b.iter(|| black_box(naive.register(config())));
-    });
+    group.bench_function(
+        BenchmarkId::new("naive_rwlock_hashmap", "nine_plugins"),
+        |b| {
+            let naive = NaiveRegistry::default();
+            b.iter(|| black_box(naive.register(config())));
+        },
+    );
     group.bench_function(BenchmarkId::new("orchestrator", "nine_plugins"), |b| {
-        let orch = rt.block_on(support::nine_plugins(Orchestrator::builder()).build()).expect("builds");
+        let orch = rt
+            .block_on(support::nine_plugins(Orchestrator::builder()).build())
+            .expect("builds");
         b.to_async(&rt).iter(|| {
             let fut = orch.register_agent(config());
             async move { black_box(fut.await.expect("registers")) }
+        });
+    });
+    group.finish();
+
+    // Both cores registering at once: 10,000 agents from two tasks, a fresh registry per batch.
+    let mut group = c.benchmark_group("register_agent_concurrent_10k");
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("naive_rwlock_hashmap", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let naive = std::sync::Arc::new(NaiveRegistry::default());
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..2)
+                    .map(|_| {
+                        let naive = naive.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..5_000 {
+                                black_box(naive.register(config()));
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task ran");
+                }
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    group.bench_function("orchestrator", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let orch = Orchestrator::builder().build().await.expect("builds");
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..2)
+                    .map(|_| {
+                        let orch = orch.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..5_000 {
+                                black_box(orch.register_agent(config()).await.expect("registers"));
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task ran");
+                }
+                total += start.elapsed();
+            }
+            total
         });
     });
     group.finish();
@@ -83,7 +144,10 @@ fn latency_percentiles(rt: &tokio::runtime::Runtime) {
         naive_hist.saturating_record(start.elapsed().as_nanos() as u64);
     }
     let orch_hist = rt.block_on(async {
-        let orch = support::nine_plugins(Orchestrator::builder()).build().await.expect("builds");
+        let orch = support::nine_plugins(Orchestrator::builder())
+            .build()
+            .await
+            .expect("builds");
         let mut hist = Histogram::<u64>::new(3).expect("histogram");
         for _ in 0..N {
             let start = Instant::now();
@@ -92,7 +156,10 @@ fn latency_percentiles(rt: &tokio::runtime::Runtime) {
         }
         hist
     });
-    for (name, h) in [("naive_rwlock_hashmap", &naive_hist), ("orchestrator", &orch_hist)] {
+    for (name, h) in [
+        ("naive_rwlock_hashmap", &naive_hist),
+        ("orchestrator", &orch_hist),
+    ] {
         println!(
             "register_agent latency {name:>22}: p50 {:>6} ns  p90 {:>6} ns  p99 {:>7} ns  p99.9 {:>7} ns  max {:>9} ns  (n = {N})",
             h.value_at_quantile(0.50),

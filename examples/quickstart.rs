@@ -25,13 +25,19 @@ impl OrchestrationPlugin for TextStatsPlugin {
         Ok(())
     }
 
-    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(
+        &self,
+        request: IntegrationRequest,
+    ) -> Result<IntegrationResponse, PluginError> {
         let text = request
             .data
             .get("text")
             .and_then(|t| t.as_str())
             .ok_or_else(|| PluginError::invalid_request("expected {\"text\": string}"))?;
-        let sentences = text.split(['.', '!', '?']).filter(|s| !s.trim().is_empty()).count();
+        let sentences = text
+            .split(['.', '!', '?'])
+            .filter(|s| !s.trim().is_empty())
+            .count();
         Ok(IntegrationResponse::ok(json!({
             "words": text.split_whitespace().count(),
             "sentences": sentences,
@@ -45,28 +51,44 @@ impl OrchestrationPlugin for TextStatsPlugin {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let orchestrator = Orchestrator::builder().plugin(TextStatsPlugin).build().await?;
+    let orchestrator = Orchestrator::builder()
+        .plugin(TextStatsPlugin)
+        .build()
+        .await?;
 
     let reviewer = orchestrator
-        .register_agent(AgentConfig::new("reviewer").with_capabilities(["code_review", "rust"]).with_capacity(2))
+        .register_agent(
+            AgentConfig::new("reviewer")
+                .with_capabilities(["code_review", "rust"])
+                .with_capacity(2),
+        )
         .await?;
     let deployer = orchestrator
         .register_agent(AgentConfig::new("deployer").with_capabilities(["deploy"]))
         .await?;
-    println!("registered {} agents: {reviewer}, {deployer}", orchestrator.agent_count());
+    println!(
+        "registered {} agents: {reviewer}, {deployer}",
+        orchestrator.agent_count()
+    );
 
     // A capability served by a plugin.
     let stats = orchestrator
-        .execute(IntegrationRequest::new("text_stats", json!({"text": "Ship it. Then monitor!"})))
+        .execute(IntegrationRequest::new(
+            "text_stats",
+            json!({"text": "Ship it. Then monitor!"}),
+        ))
         .await?;
     println!("text_stats (served by {}): {}", stats.served_by, stats.data);
 
     // Bad input is an error that says what was expected, never a panic.
-    let bad = orchestrator.execute(IntegrationRequest::new("text_stats", json!({"txt": 1}))).await;
+    let bad = orchestrator
+        .execute(IntegrationRequest::new("text_stats", json!({"txt": 1})))
+        .await;
     println!("bad input: {}", bad.expect_err("refused"));
 
     // No routing plugin is registered, so the legacy path picks the least-loaded eligible agent.
-    let task = Task::new("review the parser change, then deploy it").with_required_capabilities(["deploy"]);
+    let task = Task::new("review the parser change, then deploy it")
+        .with_required_capabilities(["deploy"]);
     let chosen = orchestrator.select_agent_for_task(&task, &[]).await?;
     println!("task {} goes to {chosen}", task.id);
 
@@ -76,6 +98,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("plan: {}", output["analysis"]["plan"]);
 
-    println!("catalog:\n{}", serde_json::to_string_pretty(&orchestrator.catalog())?);
+    println!(
+        "catalog:\n{}",
+        serde_json::to_string_pretty(&orchestrator.catalog())?
+    );
     Ok(())
 }

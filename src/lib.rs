@@ -53,3 +53,8 @@ pub mod prelude {
         PluginError,
     };
 }
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -221,11 +221,12 @@ proptest! {
                     Op::Register(Some(n)) => {
                         let id = AgentId::from(format!("fixed-{n}"));
                         let result = orch.register_agent(AgentConfig::default().with_id(id.clone())).await;
-                        if model.contains_key(&id) {
-                            prop_assert!(result.is_err());
-                        } else {
-                            prop_assert_eq!(result.expect("fresh id registers"), id.clone());
-                            model.insert(id, AgentStatus::Active);
+                        match model.entry(id.clone()) {
+                            std::collections::hash_map::Entry::Occupied(_) => prop_assert!(result.is_err()),
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                prop_assert_eq!(result.expect("fresh id registers"), id);
+                                slot.insert(AgentStatus::Active);
+                            }
                         }
                     }
                     Op::Register(None) => {

@@ -47,7 +47,7 @@ async fn legacy_selection_is_least_loaded_then_round_robin() {
     );
     // Only `c` among the candidates, but it lacks `rust`.
     let err = orch
-        .select_agent_for_task(&task, &[c.clone()])
+        .select_agent_for_task(&task, std::slice::from_ref(&c))
         .await
         .unwrap_err();
     assert!(

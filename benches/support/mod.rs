@@ -2,9 +2,9 @@
 //! runtime shaped like the machine the targets are for (2 worker threads).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use orchestrator::PluginOptions;
 use orchestrator::plugin_api::async_trait;
 use orchestrator::prelude::*;
-use orchestrator::PluginOptions;
 use serde_json::json;
 
 /// Answers every request with `{"ok": true}`: as little work as a plugin can do, so that what
@@ -34,7 +34,10 @@ impl OrchestrationPlugin for MinimalPlugin {
     async fn initialize(&self, _host: HostHandle) -> Result<(), PluginError> {
         Ok(())
     }
-    async fn process_request(&self, _request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(
+        &self,
+        _request: IntegrationRequest,
+    ) -> Result<IntegrationResponse, PluginError> {
         Ok(IntegrationResponse::ok(json!({"ok": true})))
     }
     async fn health_check(&self) -> HealthStatus {
@@ -47,18 +50,58 @@ impl OrchestrationPlugin for MinimalPlugin {
 /// measured with nine plugins receiving its events.
 pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
     const SET: [(&str, [&str; 3]); 9] = [
-        ("EnhancedWorkflowPlugin", ["extended_thinking", "slash_commands", "quality_gates"]),
-        ("ContextAwareRoutingPlugin", ["semantic_routing", "agent_profiling", "performance_learning"]),
-        ("SecurityIntegrationPlugin", ["oauth_auth", "rbac_enforcement", "audit_logging"]),
-        ("SharedStatePlugin", ["atomic_updates", "real_time_balancing", "workflow_tracking"]),
-        ("TaskCoordinationPlugin", ["agent_requests", "task_mapping", "workload_analysis"]),
-        ("PerformanceMonitoringPlugin", ["real_time_monitoring", "task_performance", "auto_scaling"]),
-        ("HookIntegrationPlugin", ["lifecycle_hooks", "observability", "performance_hooks"]),
-        ("ContextManagementPlugin", ["sleep_wake_cycles", "context_consolidation", "session_management"]),
-        ("LoadBalancingPlugin", ["adaptive_balancing", "capacity_management", "resource_optimization"]),
+        (
+            "EnhancedWorkflowPlugin",
+            ["extended_thinking", "slash_commands", "quality_gates"],
+        ),
+        (
+            "ContextAwareRoutingPlugin",
+            [
+                "semantic_routing",
+                "agent_profiling",
+                "performance_learning",
+            ],
+        ),
+        (
+            "SecurityIntegrationPlugin",
+            ["oauth_auth", "rbac_enforcement", "audit_logging"],
+        ),
+        (
+            "SharedStatePlugin",
+            ["atomic_updates", "real_time_balancing", "workflow_tracking"],
+        ),
+        (
+            "TaskCoordinationPlugin",
+            ["agent_requests", "task_mapping", "workload_analysis"],
+        ),
+        (
+            "PerformanceMonitoringPlugin",
+            ["real_time_monitoring", "task_performance", "auto_scaling"],
+        ),
+        (
+            "HookIntegrationPlugin",
+            ["lifecycle_hooks", "observability", "performance_hooks"],
+        ),
+        (
+            "ContextManagementPlugin",
+            [
+                "sleep_wake_cycles",
+                "context_consolidation",
+                "session_management",
+            ],
+        ),
+        (
+            "LoadBalancingPlugin",
+            [
+                "adaptive_balancing",
+                "capacity_management",
+                "resource_optimization",
+            ],
+        ),
     ];
-    SET.iter()
-        .fold(builder, |b, (name, caps)| b.plugin_with(MinimalPlugin::new(name, caps), PluginOptions::new()))
+    SET.iter().fold(builder, |b, (name, caps)| {
+        b.plugin_with(MinimalPlugin::new(name, caps), PluginOptions::new())
+    })
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {

@@ -56,24 +56,20 @@ fn route_least_loaded(
         "task.required_capabilities",
         EXPECTED,
     )?;
-    let candidates: Vec<Arc<AgentEntry>>;
     let mut unknown = Vec::new();
-    match data.get("available_agents") {
-        None | Some(Value::Null) => candidates = agents.entries(),
-        Some(_) => {
-            let ids = string_list(data.get("available_agents"), "available_agents", EXPECTED)?;
-            candidates = ids
-                .iter()
-                .filter_map(|id| {
-                    let found = agents.get(id);
-                    if found.is_none() {
-                        unknown.push(id.clone());
-                    }
-                    found
-                })
-                .collect();
-        }
-    }
+    let candidates: Vec<Arc<AgentEntry>> = match data.get("available_agents") {
+        None | Some(Value::Null) => agents.entries(),
+        Some(_) => string_list(data.get("available_agents"), "available_agents", EXPECTED)?
+            .into_iter()
+            .filter_map(|id| {
+                let found = agents.get(&id);
+                if found.is_none() {
+                    unknown.push(id);
+                }
+                found
+            })
+            .collect(),
+    };
 
     let (mut offline, mut lacking) = (0usize, 0usize);
     let mut scored: Vec<(f64, &Arc<AgentEntry>)> = Vec::with_capacity(candidates.len());
