@@ -31,10 +31,12 @@
 //! Plugins are written against the [`plugin_api`] crate, re-exported here.
 
 pub use orchestrator_core::{
-    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, CapabilityInfo, Catalog,
-    ConfigError, DEFAULT_CALL_TIMEOUT, DispatchError, DryRunExecutor, ExecutionContext,
-    ExecutorError, FailedAttempt, LEGACY, Orchestrator, OrchestratorBuilder, OrchestratorError,
-    PluginInfo, PluginOptions, PluginOrigin, ProviderFailure, RegistryError, Task,
+    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, C_ABI_VERSION,
+    CapabilityInfo, Catalog, ConfigError, DEFAULT_CALL_TIMEOUT, DispatchError, DryRunExecutor,
+    ExecutionContext, ExecutorError, FailedAttempt, LEGACY, LIBRARY_EXTENSION, LoadError,
+    LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, Orchestrator, OrchestratorBuilder,
+    OrchestratorError, PluginAbi, PluginInfo, PluginInspection, PluginOptions, PluginOrigin,
+    ProviderFailure, RegistryError, Task, inspect_plugin,
 };
 pub use plugin_api;
 pub use plugin_api::{

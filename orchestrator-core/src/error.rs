@@ -25,6 +25,66 @@ pub enum OrchestratorError {
     /// Building the orchestrator from its configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Loading a plugin library.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Errors loading a plugin from a shared library. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file does not exist or cannot be read.
+    #[error("cannot load plugin {}: {source}", .path.display())]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file exists but is not a shared library this platform can load.
+    #[error("cannot load plugin {}: not a loadable shared library ({reason})", .path.display())]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+        /// What the dynamic loader said.
+        reason: String,
+    },
+    /// A shared library, but it exports neither plugin interface.
+    #[error("cannot load plugin {}: it is a shared library but exports no orchestrator plugin (neither the stable ABI of `plugin_api::export_plugin!` nor the C ABI `orch_plugin_*` functions)", .path.display())]
+    NoPluginExports {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against an interface version this host cannot load.
+    #[error("cannot load plugin {}: built against {found}, this host needs {expected}; rebuild the plugin against this host's plugin-api", .path.display())]
+    IncompatibleVersion {
+        /// The file.
+        path: PathBuf,
+        /// What this host speaks.
+        expected: String,
+        /// What the library was built with.
+        found: String,
+    },
+    /// The plugin's types differ from the host's (same version numbers, different layout).
+    #[error("cannot load plugin {}: its plugin-api types differ from this host's ({summary}); rebuild the plugin against this host's plugin-api", .path.display())]
+    IncompatibleLayout {
+        /// The file.
+        path: PathBuf,
+        /// One line of what differs.
+        summary: String,
+        /// `abi_stable`'s full layout report (long): for verbose output.
+        details: String,
+    },
+    /// The library's plugin could not be built, or described itself badly.
+    #[error("cannot load plugin {}: {reason}", .path.display())]
+    InitFailed {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Errors about agents.

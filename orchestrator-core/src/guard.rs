@@ -1,16 +1,17 @@
 //! Running untrusted plugin code: every call is bounded by a timeout and contained by
 //! `catch_unwind`, both when the future is created and each time it is polled.
 //!
-//! Written here rather than taken from `futures-util` because it is twenty lines, and the
-//! boxed futures `async_trait` produces are `Unpin`, so no pin projection (and no `unsafe`) is
-//! needed.
+//! The future adapter is plugin-api's [`CatchUnwind`], the one the plugin side of the stable
+//! ABI uses too: the boxed futures `async_trait` produces are `Unpin`, so it needs no pin
+//! projection and no `unsafe`, and no `futures-util` dependency.
 
 use crate::error::ProviderFailure;
+use plugin_api::ffi::CatchUnwind;
+pub(crate) use plugin_api::ffi::panic_message;
 use std::any::Any;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// A boxed future as `async_trait` methods return it.
@@ -42,33 +43,6 @@ pub(crate) async fn contained<'a, T>(
 fn panic_failure(payload: Box<dyn Any + Send>) -> ProviderFailure {
     ProviderFailure::Panic {
         message: panic_message(payload.as_ref()),
-    }
-}
-
-/// The text of a panic payload (`panic!` with a literal or a formatted message).
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-text panic payload".to_owned()
-    }
-}
-
-/// Polls an `Unpin` future inside `catch_unwind`.
-struct CatchUnwind<F>(F);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Err(payload) => Poll::Ready(Err(payload)),
-        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`AgentExecutor`] is the embedder's hook for doing an agent's work.
 
 mod agents;
+mod c_abi;
 mod config;
 mod dispatch;
 mod error;
@@ -17,19 +18,25 @@ mod guard;
 mod host;
 mod ids;
 mod legacy;
+mod loader;
 mod orchestrator;
 mod registry;
 mod task;
 
 pub use agents::{Agent, AgentConfig};
+pub use c_abi::C_ABI_VERSION;
 pub use dispatch::LEGACY;
 pub use error::{
-    AgentError, ConfigError, DispatchError, FailedAttempt, OrchestratorError, ProviderFailure,
-    RegistryError,
+    AgentError, ConfigError, DispatchError, FailedAttempt, LoadError, OrchestratorError,
+    ProviderFailure, RegistryError,
 };
 pub use executor::{AgentExecutor, DryRunExecutor, ExecutionContext, ExecutorError};
 pub use ids::AgentId;
-pub use orchestrator::{DEFAULT_CALL_TIMEOUT, Orchestrator, OrchestratorBuilder};
+pub use loader::{LIBRARY_EXTENSION, PluginAbi, PluginInspection, inspect_plugin};
+pub use orchestrator::{
+    DEFAULT_CALL_TIMEOUT, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, Orchestrator,
+    OrchestratorBuilder,
+};
 pub use plugin_api::AgentStatus;
 pub use registry::{CapabilityInfo, Catalog, PluginInfo, PluginOptions, PluginOrigin};
 pub use task::Task;

@@ -7,13 +7,14 @@
 use crate::agents::{Agent, AgentConfig, AgentRegistry};
 use crate::config::read_toml_file;
 use crate::dispatch;
-use crate::error::{AgentError, ConfigError, OrchestratorError, RegistryError};
+use crate::error::{AgentError, ConfigError, LoadError, OrchestratorError, RegistryError};
 use crate::events::EventBus;
 use crate::executor::{AgentExecutor, DryRunExecutor, ExecutionContext};
 use crate::guard::{contained, guarded};
 use crate::host::CoreHost;
 use crate::ids::new_correlation_id;
 use crate::legacy;
+use crate::loader::{LIBRARY_EXTENSION, OpenedPlugin, PluginAbi, PluginInspection, open_plugin};
 use crate::registry::{
     CapabilityInfo, CapabilityRegistry, Catalog, PluginInfo, PluginOptions, PluginOrigin,
     PluginSlot, lock,
@@ -234,6 +235,78 @@ impl Orchestrator {
     ) -> impl Future<Output = Result<(), OrchestratorError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         async move { register(&inner, Arc::new(plugin), options, PluginOrigin::Static).await }
+    }
+
+    /// Loads a plugin from a shared library and registers it: the stable ABI first, then the
+    /// legacy C ABI (see the [`inspect_plugin`](crate::inspect_plugin) docs for what is checked
+    /// before plugin code runs). A failed load registers nothing; every error names the file.
+    /// The library stays mapped for the life of the process, even after the plugin is
+    /// unregistered or replaced.
+    pub fn load_plugin(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<LoadedPlugin, OrchestratorError>> + Send + 'static {
+        self.load_plugin_with(path, PluginOptions::new())
+    }
+
+    /// Loads a plugin library with explicit [`PluginOptions`]: a priority, or `replace()` to
+    /// hot-swap the registered plugin of the same name for the library's (new) version.
+    pub fn load_plugin_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: PluginOptions,
+    ) -> impl Future<Output = Result<LoadedPlugin, OrchestratorError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        let path = path.as_ref().to_owned();
+        async move {
+            let opened = open_library(path).await?;
+            register_opened(&inner, opened, options).await
+        }
+    }
+
+    /// Loads every shared library (`*.so`, `*.dylib` or `*.dll`, as the platform names them) in
+    /// `dir`, in file-name order, and reports on each file: loaded, failed (and why), or skipped
+    /// (not a library). One bad file does not stop the others.
+    pub fn load_plugin_dir(
+        &self,
+        dir: impl AsRef<Path>,
+    ) -> impl Future<Output = LoadReport> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        let dir = dir.as_ref().to_owned();
+        async move {
+            let mut report = LoadReport {
+                dir: dir.clone(),
+                error: None,
+                entries: Vec::new(),
+            };
+            let files = match library_files(&dir) {
+                Ok(files) => files,
+                Err(e) => {
+                    report.error = Some(format!(
+                        "cannot read plugin directory {}: {e}",
+                        dir.display()
+                    ));
+                    return report;
+                }
+            };
+            for (path, is_library) in files {
+                let outcome = if is_library {
+                    match open_library(path.clone()).await {
+                        Ok(opened) => {
+                            match register_opened(&inner, opened, PluginOptions::new()).await {
+                                Ok(loaded) => LoadOutcome::Loaded(loaded),
+                                Err(e) => LoadOutcome::Failed(e.to_string()),
+                            }
+                        }
+                        Err(e) => LoadOutcome::Failed(e.to_string()),
+                    }
+                } else {
+                    LoadOutcome::Skipped(format!("not a .{LIBRARY_EXTENSION} file"))
+                };
+                report.entries.push(LoadReportEntry { path, outcome });
+            }
+            report
+        }
     }
 
     /// Unregisters a plugin: its capabilities stop being offered at once, calls in flight
@@ -535,6 +608,134 @@ async fn retire(inner: &Inner, slot: Arc<PluginSlot>) {
     });
 }
 
+/// Opens a library off the async threads (`dlopen` reads the file and runs initialisers).
+async fn open_library(path: PathBuf) -> Result<OpenedPlugin, OrchestratorError> {
+    let opened = tokio::task::spawn_blocking(move || open_plugin(&path))
+        .await
+        .map_err(|e| RegistryError::InitializeFailed {
+            plugin: "(loading)".into(),
+            reason: format!("the loader task failed: {e}"),
+        })??;
+    Ok(opened)
+}
+
+async fn register_opened(
+    inner: &Arc<Inner>,
+    opened: OpenedPlugin,
+    options: PluginOptions,
+) -> Result<LoadedPlugin, OrchestratorError> {
+    let OpenedPlugin { plugin, inspection } = opened;
+    let origin = origin_of(&inspection);
+    register(inner, plugin, options, origin.clone()).await?;
+    Ok(LoadedPlugin::new(inspection, origin))
+}
+
+fn origin_of(inspection: &PluginInspection) -> PluginOrigin {
+    match inspection.abi {
+        PluginAbi::CAbi => PluginOrigin::CAbi {
+            path: inspection.path.clone(),
+        },
+        _ => PluginOrigin::StableAbi {
+            path: inspection.path.clone(),
+        },
+    }
+}
+
+/// Every regular file in `dir`, sorted, each with whether it has the library extension.
+fn library_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            let is_library = path.extension().is_some_and(|e| e == LIBRARY_EXTENSION);
+            files.push((path, is_library));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A plugin loaded from a library and registered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct LoadedPlugin {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The capabilities it serves.
+    pub capabilities: Vec<String>,
+    /// The library and the interface it was loaded through.
+    pub origin: PluginOrigin,
+    /// The interface version the library was built against.
+    pub interface_version: String,
+}
+
+impl LoadedPlugin {
+    fn new(inspection: PluginInspection, origin: PluginOrigin) -> Self {
+        Self {
+            name: inspection.manifest.name,
+            version: inspection.manifest.version,
+            capabilities: inspection.manifest.capabilities,
+            origin,
+            interface_version: inspection.interface_version,
+        }
+    }
+}
+
+/// What happened to one file of a plugin directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoadOutcome {
+    /// Loaded and registered.
+    Loaded(LoadedPlugin),
+    /// A library that failed to load or register: why.
+    Failed(String),
+    /// Not a library: why it was not tried.
+    Skipped(String),
+}
+
+/// One file's line in a [`LoadReport`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct LoadReportEntry {
+    /// The file.
+    pub path: PathBuf,
+    /// What happened.
+    pub outcome: LoadOutcome,
+}
+
+/// What [`Orchestrator::load_plugin_dir`] did, file by file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct LoadReport {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Why the directory itself could not be read, if it could not.
+    pub error: Option<String>,
+    /// One entry per file, in file-name order.
+    pub entries: Vec<LoadReportEntry>,
+}
+
+impl LoadReport {
+    /// The plugins loaded.
+    pub fn loaded(&self) -> impl Iterator<Item = &LoadedPlugin> {
+        self.entries.iter().filter_map(|e| match &e.outcome {
+            LoadOutcome::Loaded(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// The files that failed, with why.
+    pub fn failures(&self) -> impl Iterator<Item = (&Path, &str)> {
+        self.entries.iter().filter_map(|e| match &e.outcome {
+            LoadOutcome::Failed(why) => Some((e.path.as_path(), why.as_str())),
+            _ => None,
+        })
+    }
+}
+
 async fn select_agent(
     inner: &Inner,
     task: &Task,
@@ -722,6 +923,13 @@ pub(crate) async fn run_agent_task(
     }
 }
 
+/// A library the builder loads at build.
+#[derive(Debug)]
+enum LibrarySource {
+    File(PathBuf),
+    Dir(PathBuf),
+}
+
 /// Builds an [`Orchestrator`].
 ///
 /// ```
@@ -740,6 +948,7 @@ pub(crate) async fn run_agent_task(
 #[must_use = "a builder does nothing until `.build().await`"]
 pub struct OrchestratorBuilder {
     plugins: Vec<(Arc<dyn OrchestrationPlugin>, PluginOptions)>,
+    libraries: Vec<LibrarySource>,
     configs: BTreeMap<String, Value>,
     config_files: Vec<PathBuf>,
     legacy_mode: bool,
@@ -751,6 +960,7 @@ impl Default for OrchestratorBuilder {
     fn default() -> Self {
         Self {
             plugins: Vec::new(),
+            libraries: Vec::new(),
             configs: BTreeMap::new(),
             config_files: Vec::new(),
             legacy_mode: true,
@@ -771,6 +981,7 @@ impl fmt::Debug for OrchestratorBuilder {
                     .map(|(p, _)| p.name().to_owned())
                     .collect::<Vec<_>>(),
             )
+            .field("libraries", &self.libraries)
             .field("configured", &self.configs.keys().collect::<Vec<_>>())
             .field("config_files", &self.config_files)
             .field("legacy_mode", &self.legacy_mode)
@@ -792,6 +1003,23 @@ impl OrchestratorBuilder {
         options: PluginOptions,
     ) -> Self {
         self.plugins.push((Arc::new(plugin), options));
+        self
+    }
+
+    /// Loads a plugin library at build (see [`Orchestrator::load_plugin`]); a failure fails
+    /// the build.
+    pub fn load_plugin(mut self, path: impl AsRef<Path>) -> Self {
+        self.libraries
+            .push(LibrarySource::File(path.as_ref().to_owned()));
+        self
+    }
+
+    /// Loads every plugin library in `dir` at build, in file-name order; files without the
+    /// platform's library extension are skipped, and any library that fails to load fails the
+    /// build (use [`Orchestrator::load_plugin_dir`] for a lenient, reported load).
+    pub fn plugin_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.libraries
+            .push(LibrarySource::Dir(dir.as_ref().to_owned()));
         self
     }
 
@@ -837,10 +1065,30 @@ impl OrchestratorBuilder {
             configs.extend(read_toml_file(path)?);
         }
         configs.extend(self.configs);
+
+        let mut opened = Vec::new();
+        for source in self.libraries {
+            match source {
+                LibrarySource::File(path) => opened.push(open_library(path).await?),
+                LibrarySource::Dir(dir) => {
+                    let files = library_files(&dir).map_err(|source| LoadError::NotFound {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    for (path, is_library) in files {
+                        if is_library {
+                            opened.push(open_library(path).await?);
+                        }
+                    }
+                }
+            }
+        }
+
         let plugin_names: Vec<String> = self
             .plugins
             .iter()
             .map(|(p, _)| p.name().to_owned())
+            .chain(opened.iter().map(|o| o.inspection.manifest.name.clone()))
             .collect();
         for (plugin, value) in &configs {
             if !value.is_object() {
@@ -877,6 +1125,9 @@ impl OrchestratorBuilder {
         });
         for (plugin, options) in self.plugins {
             register(&inner, plugin, options, PluginOrigin::Static).await?;
+        }
+        for library in opened {
+            register_opened(&inner, library, PluginOptions::new()).await?;
         }
         Ok(Orchestrator { inner })
     }

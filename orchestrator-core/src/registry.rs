@@ -66,6 +66,16 @@ impl PluginOptions {
 pub enum PluginOrigin {
     /// Linked into the application and registered as a value.
     Static,
+    /// Loaded from a shared library through the stable ABI (`export_plugin!`).
+    StableAbi {
+        /// The library file.
+        path: std::path::PathBuf,
+    },
+    /// Loaded from a shared library through the legacy C ABI.
+    CAbi {
+        /// The library file.
+        path: std::path::PathBuf,
+    },
 }
 
 /// Call counters of one plugin.

@@ -35,6 +35,7 @@
 mod agent;
 mod error;
 mod event;
+pub mod ffi;
 mod health;
 mod host;
 mod message;
@@ -47,6 +48,14 @@ pub use health::{HealthState, HealthStatus};
 pub use host::{BoxFuture, Host, HostHandle};
 pub use message::{IntegrationRequest, IntegrationResponse};
 pub use plugin::OrchestrationPlugin;
+
+/// What [`export_plugin!`] expands to refers to these, so that plugin crates need not depend on
+/// them. Not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use abi_stable;
+    pub use async_ffi;
+}
 
 /// Re-exported so that plugin crates name the same `async_trait` the trait was declared with.
 pub use async_trait::async_trait;

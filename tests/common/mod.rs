@@ -160,3 +160,41 @@ pub async fn eventually(mut pred: impl FnMut() -> bool) -> bool {
     }
     pred()
 }
+
+/// The path of a plugin library built from this workspace (`lib<name>.so` on Linux).
+///
+/// `cargo test --workspace` builds every member's `cdylib` into `target/<profile>/deps`, next to
+/// the test binaries. When a test runs without that (e.g. `cargo test --test dynamic`), the
+/// library is built here with a nested `cargo build` into a separate target directory, since the
+/// outer cargo holds the lock on the main one.
+pub fn plugin_library(package: &str) -> std::path::PathBuf {
+    let file = format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir");
+    for dir in [deps, deps.parent().unwrap_or(deps)] {
+        let candidate = dir.join(&file);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    let target = deps
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("plugin-libs");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--target-dir"])
+        .arg(&target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {package} failed");
+    let built = target.join("debug").join(&file);
+    assert!(built.is_file(), "{} was not built", built.display());
+    built
+}

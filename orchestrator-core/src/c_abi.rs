@@ -1,0 +1,217 @@
+//! The legacy C ABI: plugins in any language that can export four C functions, JSON in and out.
+//!
+//! ```c
+//! uint32_t    orch_plugin_abi_version(void);              /* returns 1 */
+//! const char *orch_plugin_manifest(void);                 /* {"name","version","capabilities":[...]}; static */
+//! char       *orch_plugin_process(const char *request);   /* IntegrationRequest JSON -> IntegrationResponse JSON */
+//! void        orch_plugin_free(char *response);           /* frees what process returned */
+//! ```
+//!
+//! `orch_plugin_process` is synchronous and may block, so each call runs on Tokio's blocking
+//! pool and the async caller waits for it under the call timeout. A call that never returns
+//! keeps its blocking thread (a thread cannot be cancelled), but the host moves on. A C plugin
+//! that crashes (a segfault, an abort) takes the process with it: only running it in another
+//! process would prevent that, and this ABI is in-process by design.
+//!
+//! This is the one module of the engine that needs `unsafe`: loading a library and calling its
+//! functions. Each unsafe block says why it is sound.
+#![allow(unsafe_code)]
+
+use crate::error::LoadError;
+use async_trait::async_trait;
+use plugin_api::ffi::PluginManifest;
+use plugin_api::{
+    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
+    PluginError,
+};
+use std::ffi::{CStr, CString, c_char};
+use std::path::Path;
+
+/// The C ABI version this host speaks.
+pub const C_ABI_VERSION: u32 = 1;
+
+type AbiVersionFn = unsafe extern "C" fn() -> u32;
+type ManifestFn = unsafe extern "C" fn() -> *const c_char;
+type ProcessFn = unsafe extern "C" fn(*const c_char) -> *mut c_char;
+type FreeFn = unsafe extern "C" fn(*mut c_char);
+
+/// The plugin's two call entry points. Plain function pointers into a library that is never
+/// unloaded, so they stay valid for the life of the process.
+#[derive(Clone, Copy)]
+struct Entry {
+    process: ProcessFn,
+    free: FreeFn,
+}
+
+/// A plugin loaded through the C ABI.
+pub(crate) struct CAbiPlugin {
+    entry: Entry,
+    manifest: PluginManifest,
+    abi_version: u32,
+}
+
+impl CAbiPlugin {
+    /// Opens `path` and reads its exports; `LoadError::NoPluginExports` when it has none.
+    pub(crate) fn open(path: &Path) -> Result<Self, LoadError> {
+        let not_a_library = |e: libloading::Error| LoadError::NotALibrary {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        // SAFETY: loading a library runs its initialisers; that is the trust decision the
+        // caller made by asking to load this file (see the loader's module docs).
+        let library = unsafe { libloading::Library::new(path) }.map_err(not_a_library)?;
+        // The library is never unloaded: the function pointers taken below must outlive it.
+        let library: &'static libloading::Library = Box::leak(Box::new(library));
+
+        // SAFETY: each symbol is read with the C signature the ABI documents for it; the
+        // pointers are copied out of the `Symbol`s, valid because the library is never unloaded.
+        let symbols = unsafe {
+            (
+                library
+                    .get::<AbiVersionFn>(b"orch_plugin_abi_version\0")
+                    .map(|s| *s),
+                library
+                    .get::<ManifestFn>(b"orch_plugin_manifest\0")
+                    .map(|s| *s),
+                library
+                    .get::<ProcessFn>(b"orch_plugin_process\0")
+                    .map(|s| *s),
+                library.get::<FreeFn>(b"orch_plugin_free\0").map(|s| *s),
+            )
+        };
+        let (abi_version, manifest, process, free) = match symbols {
+            (Ok(v), Ok(m), Ok(p), Ok(f)) => (v, m, p, f),
+            (Err(_), Err(_), Err(_), Err(_)) => {
+                return Err(LoadError::NoPluginExports {
+                    path: path.to_owned(),
+                });
+            }
+            (v, m, p, f) => {
+                let missing: Vec<&str> = [
+                    ("orch_plugin_abi_version", v.is_err()),
+                    ("orch_plugin_manifest", m.is_err()),
+                    ("orch_plugin_process", p.is_err()),
+                    ("orch_plugin_free", f.is_err()),
+                ]
+                .into_iter()
+                .filter_map(|(name, missing)| missing.then_some(name))
+                .collect();
+                return Err(LoadError::InitFailed {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "it exports part of the C plugin ABI; missing: {}",
+                        missing.join(", ")
+                    ),
+                });
+            }
+        };
+
+        // SAFETY: a C ABI function taking nothing and returning a u32, per the ABI.
+        let version = unsafe { abi_version() };
+        if version != C_ABI_VERSION {
+            return Err(LoadError::IncompatibleVersion {
+                path: path.to_owned(),
+                expected: format!("C ABI {C_ABI_VERSION}"),
+                found: format!("C ABI {version}"),
+            });
+        }
+        // SAFETY: per the ABI, the manifest is a static NUL-terminated string owned by the
+        // library (never freed); null is checked before reading it.
+        let manifest_ptr = unsafe { manifest() };
+        if manifest_ptr.is_null() {
+            return Err(LoadError::InitFailed {
+                path: path.to_owned(),
+                reason: "orch_plugin_manifest returned NULL".into(),
+            });
+        }
+        // SAFETY: non-null, NUL-terminated and static per the ABI.
+        let manifest_text = unsafe { CStr::from_ptr(manifest_ptr) }.to_string_lossy();
+        let manifest: PluginManifest = serde_json::from_str(&manifest_text).map_err(|e| LoadError::InitFailed {
+            path: path.to_owned(),
+            reason: format!(
+                "orch_plugin_manifest is not {{\"name\", \"version\", \"capabilities\": [...]}} JSON: {e}"
+            ),
+        })?;
+        Ok(Self {
+            entry: Entry { process, free },
+            manifest,
+            abi_version: version,
+        })
+    }
+
+    pub(crate) fn manifest(&self) -> &PluginManifest {
+        &self.manifest
+    }
+
+    pub(crate) fn abi_version(&self) -> u32 {
+        self.abi_version
+    }
+}
+
+impl Entry {
+    /// One synchronous call: request JSON in, response JSON out.
+    fn call(self, request: &CStr) -> Result<String, PluginError> {
+        // SAFETY: `request` is a valid NUL-terminated string that outlives the call; the ABI
+        // says the plugin only reads it.
+        let response = unsafe { (self.process)(request.as_ptr()) };
+        if response.is_null() {
+            return Err(PluginError::new(
+                "the C plugin returned NULL from orch_plugin_process",
+            ));
+        }
+        // SAFETY: non-null, and per the ABI a NUL-terminated string the plugin allocated and
+        // that stays valid until handed back to `orch_plugin_free`, which happens right after
+        // the copy.
+        let text = unsafe { CStr::from_ptr(response) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: the pointer came from `orch_plugin_process` and is freed exactly once.
+        unsafe { (self.free)(response) };
+        Ok(text)
+    }
+}
+
+#[async_trait]
+impl OrchestrationPlugin for CAbiPlugin {
+    fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    fn version(&self) -> &str {
+        &self.manifest.version
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        self.manifest.capabilities.clone()
+    }
+
+    async fn initialize(&self, _host: HostHandle) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    async fn process_request(
+        &self,
+        request: IntegrationRequest,
+    ) -> Result<IntegrationResponse, PluginError> {
+        let json = serde_json::to_string(&request).map_err(|e| PluginError::new(e.to_string()))?;
+        let json = CString::new(json).map_err(|_| {
+            PluginError::invalid_request(
+                "the request contains a NUL character, which C cannot take",
+            )
+        })?;
+        let entry = self.entry;
+        let text = tokio::task::spawn_blocking(move || entry.call(&json))
+            .await
+            .map_err(|e| PluginError::new(format!("the C plugin call did not complete: {e}")))??;
+        serde_json::from_str(&text).map_err(|e| {
+            PluginError::new(format!(
+                "the C plugin answered with invalid IntegrationResponse JSON: {e}"
+            ))
+        })
+    }
+
+    async fn health_check(&self) -> HealthStatus {
+        // The C ABI has no health function: a plugin whose manifest loaded is taken as healthy.
+        HealthStatus::healthy()
+    }
+}

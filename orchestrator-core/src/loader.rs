@@ -1,0 +1,230 @@
+//! Loading plugins from shared libraries: the stable ABI first, then the legacy C ABI.
+//!
+//! A library is opened once and never unloaded: `abi_stable` leaks what it loads by design
+//! (a plugin's statics, thread-locals and vtables may be referenced long after the last call),
+//! and the C path follows the same rule. Replacing a plugin (hot swap) therefore maps the new
+//! library beside the old one; the old one stays mapped, idle, for the life of the process.
+//!
+//! Each stable-ABI library is read with `lib_header_from_path(..)?.init_root_module()`, never
+//! `RootModule::load_from*`, which caches one module per interface type and would hand a second
+//! plugin the first one back. Before any plugin code runs, the host checks the `abi_stable`
+//! header, the `plugin-api` version the library was built against (for `0.y` versions, the
+//! minor must match) and the layout of the root module. An incompatibility is reported in one
+//! line (expected, found, file); `abi_stable`'s full layout report, often hundreds of lines, is
+//! kept in the error for `--verbose` output.
+//!
+//! Loading a library runs its initialisers: loading is a trust decision, made by whoever put the
+//! file in the plugin directory.
+
+use crate::c_abi::CAbiPlugin;
+use crate::error::LoadError;
+use abi_stable::library::{LibraryError, RootModule, lib_header_from_path};
+use plugin_api::OrchestrationPlugin;
+use plugin_api::ffi::{ForeignPlugin, PluginManifest, PluginModuleRef};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which binary interface a plugin library exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PluginAbi {
+    /// The `abi_stable` interface of `plugin-api` (`export_plugin!`).
+    StableAbi,
+    /// The legacy C interface (`orch_plugin_*` functions, JSON in and out).
+    CAbi,
+}
+
+/// What a plugin library holds, as found by [`inspect_plugin`] (and by every load).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PluginInspection {
+    /// The file.
+    pub path: PathBuf,
+    /// Its interface.
+    pub abi: PluginAbi,
+    /// The interface version it was built against: `plugin-api`'s version for the stable ABI,
+    /// the C ABI's version number otherwise.
+    pub interface_version: String,
+    /// The plugin's name, version and capabilities.
+    pub manifest: PluginManifest,
+}
+
+/// A library opened and its plugin built, not yet registered.
+pub(crate) struct OpenedPlugin {
+    pub(crate) plugin: Arc<dyn OrchestrationPlugin>,
+    pub(crate) inspection: PluginInspection,
+}
+
+/// The file name suffix of shared libraries on this platform (`so`, `dylib`, `dll`).
+pub const LIBRARY_EXTENSION: &str = std::env::consts::DLL_EXTENSION;
+
+/// Opens the library at `path` and builds its plugin, trying the stable ABI, then the C ABI.
+pub(crate) fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
+    let path = path.to_owned();
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(LoadError::NotALibrary {
+                path,
+                reason: "it is not a regular file".into(),
+            });
+        }
+        Err(e) => return Err(LoadError::NotFound { path, source: e }),
+    }
+    match lib_header_from_path(&path) {
+        Ok(header) => {
+            let found = header.version_strings().version.as_str().to_owned();
+            let expected = PluginModuleRef::VERSION_STRINGS.version.as_str();
+            if !api_versions_compatible(expected, &found) {
+                return Err(LoadError::IncompatibleVersion {
+                    path,
+                    expected: expected.to_owned(),
+                    found,
+                });
+            }
+            let module = header
+                .init_root_module::<PluginModuleRef>()
+                .map_err(|e| library_error(&path, e))?;
+            let plugin = ForeignPlugin::new(module).map_err(|e| LoadError::InitFailed {
+                path: path.clone(),
+                reason: e.message,
+            })?;
+            let inspection = PluginInspection {
+                path,
+                abi: PluginAbi::StableAbi,
+                interface_version: found,
+                manifest: plugin.manifest().clone(),
+            };
+            Ok(OpenedPlugin {
+                plugin: Arc::new(plugin),
+                inspection,
+            })
+        }
+        Err(LibraryError::GetSymbolError { .. }) => {
+            // No stable-ABI header: the legacy C ABI, or nothing.
+            let plugin = CAbiPlugin::open(&path)?;
+            let inspection = PluginInspection {
+                path,
+                abi: PluginAbi::CAbi,
+                interface_version: plugin.abi_version().to_string(),
+                manifest: plugin.manifest().clone(),
+            };
+            Ok(OpenedPlugin {
+                plugin: Arc::new(plugin),
+                inspection,
+            })
+        }
+        Err(e) => Err(library_error(&path, e)),
+    }
+}
+
+/// Reads what the library at `path` exports: its interface, interface version, and the plugin's
+/// name, version and capabilities, without registering anything.
+///
+/// The interface and its version are read and checked before any plugin code runs (only the
+/// library's own initialisers do, as for any `dlopen`); the manifest is then read from the
+/// plugin itself, which for the stable ABI means constructing it.
+pub fn inspect_plugin(path: impl AsRef<Path>) -> Result<PluginInspection, LoadError> {
+    open_plugin(path.as_ref()).map(|opened| opened.inspection)
+}
+
+/// `found` can be loaded by a host built with `expected`: the same major version, and for
+/// `0.y` versions the same minor.
+fn api_versions_compatible(expected: &str, found: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (parse(expected), parse(found)) {
+        (Some((0, e_minor)), Some((0, f_minor))) => e_minor == f_minor,
+        (Some((e_major, _)), Some((f_major, _))) => e_major == f_major,
+        _ => false,
+    }
+}
+
+fn library_error(path: &Path, error: LibraryError) -> LoadError {
+    let path = path.to_owned();
+    match error {
+        LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
+            path,
+            reason: err.to_string(),
+        },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleVersion {
+            path,
+            expected: expected_version.to_string(),
+            found: actual_version.to_string(),
+        },
+        LibraryError::InvalidAbiHeader(header) => {
+            let expected = abi_stable::library::AbiHeader::VALUE;
+            LoadError::IncompatibleVersion {
+                path,
+                expected: format!(
+                    "abi_stable ABI {}.{}",
+                    expected.abi_major, expected.abi_minor
+                ),
+                found: format!("abi_stable ABI {}.{}", header.abi_major, header.abi_minor),
+            }
+        }
+        LibraryError::AbiInstability(details) => {
+            let details = details.to_string();
+            LoadError::IncompatibleLayout {
+                path,
+                summary: layout_summary(&details),
+                details,
+            }
+        }
+        LibraryError::RootModule { err, .. } => LoadError::InitFailed {
+            path,
+            reason: err.to_string(),
+        },
+        other => LoadError::InitFailed {
+            path,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The first informative line of `abi_stable`'s layout report.
+fn layout_summary(details: &str) -> String {
+    details
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("the plugin's types differ from the host's")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_major_versions_need_the_same_minor() {
+        assert!(api_versions_compatible("0.1.0", "0.1.7"));
+        assert!(!api_versions_compatible("0.1.0", "0.2.0"));
+        assert!(!api_versions_compatible("0.1.0", "0.0.1"));
+        assert!(api_versions_compatible("1.2.0", "1.0.0"));
+        assert!(!api_versions_compatible("1.2.0", "2.0.0"));
+        assert!(!api_versions_compatible("0.1.0", "garbage"));
+    }
+
+    #[test]
+    fn missing_and_non_library_files_have_their_own_errors() {
+        let missing = inspect_plugin("/definitely/not/here.so").unwrap_err();
+        assert!(matches!(missing, LoadError::NotFound { .. }), "{missing}");
+        assert!(
+            missing.to_string().contains("/definitely/not/here.so"),
+            "{missing}"
+        );
+        let dir = inspect_plugin(std::env::temp_dir()).unwrap_err();
+        assert!(matches!(dir, LoadError::NotALibrary { .. }), "{dir}");
+    }
+}
