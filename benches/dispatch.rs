@@ -23,8 +23,7 @@ fn bench_dispatch(c: &mut Criterion) {
                 .build(),
         )
         .expect("builds");
-    let request =
-        IntegrationRequest::new("minimal", json!({"task": {"description": "small request"}}));
+    let request = IntegrationRequest::new("minimal", json!({"task": {"description": "small request"}}));
 
     let mut group = c.benchmark_group("dispatch");
     group.bench_function("direct_call", |b| {
@@ -49,19 +48,13 @@ fn bench_dispatch(c: &mut Criterion) {
     });
     group.finish();
 
-    let legacy = rt
-        .block_on(Orchestrator::builder().build())
-        .expect("builds");
+    let legacy = rt.block_on(Orchestrator::builder().build()).expect("builds");
     rt.block_on(async {
         for _ in 0..10 {
-            legacy
-                .register_agent(AgentConfig::default())
-                .await
-                .expect("registers");
+            legacy.register_agent(AgentConfig::default()).await.expect("registers");
         }
     });
-    let routing =
-        IntegrationRequest::new("semantic_routing", json!({"task": {"description": "x"}}));
+    let routing = IntegrationRequest::new("semantic_routing", json!({"task": {"description": "x"}}));
     c.bench_function("legacy_semantic_routing_10_agents", |b| {
         b.to_async(&rt).iter(|| {
             let fut = legacy.execute(routing.clone());

@@ -59,13 +59,10 @@ fn bench_register(c: &mut Criterion) {
     let rt = support::runtime();
     let mut group = c.benchmark_group("register_agent");
     group.throughput(Throughput::Elements(1));
-    group.bench_function(
-        BenchmarkId::new("naive_rwlock_hashmap", "nine_plugins"),
-        |b| {
-            let naive = NaiveRegistry::default();
-            b.iter(|| black_box(naive.register(config())));
-        },
-    );
+    group.bench_function(BenchmarkId::new("naive_rwlock_hashmap", "nine_plugins"), |b| {
+        let naive = NaiveRegistry::default();
+        b.iter(|| black_box(naive.register(config())));
+    });
     group.bench_function(BenchmarkId::new("orchestrator", "nine_plugins"), |b| {
         let orch = rt
             .block_on(support::nine_plugins(Orchestrator::builder()).build())
@@ -156,10 +153,7 @@ fn latency_percentiles(rt: &tokio::runtime::Runtime) {
         }
         hist
     });
-    for (name, h) in [
-        ("naive_rwlock_hashmap", &naive_hist),
-        ("orchestrator", &orch_hist),
-    ] {
+    for (name, h) in [("naive_rwlock_hashmap", &naive_hist), ("orchestrator", &orch_hist)] {
         println!(
             "register_agent latency {name:>22}: p50 {:>6} ns  p90 {:>6} ns  p99 {:>7} ns  p99.9 {:>7} ns  max {:>9} ns  (n = {N})",
             h.value_at_quantile(0.50),

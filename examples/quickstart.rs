@@ -25,19 +25,13 @@ impl OrchestrationPlugin for TextStatsPlugin {
         Ok(())
     }
 
-    async fn process_request(
-        &self,
-        request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         let text = request
             .data
             .get("text")
             .and_then(|t| t.as_str())
             .ok_or_else(|| PluginError::invalid_request("expected {\"text\": string}"))?;
-        let sentences = text
-            .split(['.', '!', '?'])
-            .filter(|s| !s.trim().is_empty())
-            .count();
+        let sentences = text.split(['.', '!', '?']).filter(|s| !s.trim().is_empty()).count();
         Ok(IntegrationResponse::ok(json!({
             "words": text.split_whitespace().count(),
             "sentences": sentences,
@@ -51,10 +45,7 @@ impl OrchestrationPlugin for TextStatsPlugin {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let orchestrator = Orchestrator::builder()
-        .plugin(TextStatsPlugin)
-        .build()
-        .await?;
+    let orchestrator = Orchestrator::builder().plugin(TextStatsPlugin).build().await?;
 
     let reviewer = orchestrator
         .register_agent(
@@ -87,8 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("bad input: {}", bad.expect_err("refused"));
 
     // No routing plugin is registered, so the legacy path picks the least-loaded eligible agent.
-    let task = Task::new("review the parser change, then deploy it")
-        .with_required_capabilities(["deploy"]);
+    let task = Task::new("review the parser change, then deploy it").with_required_capabilities(["deploy"]);
     let chosen = orchestrator.select_agent_for_task(&task, &[]).await?;
     println!("task {} goes to {chosen}", task.id);
 
@@ -98,9 +88,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("plan: {}", output["analysis"]["plan"]);
 
-    println!(
-        "catalog:\n{}",
-        serde_json::to_string_pretty(&orchestrator.catalog())?
-    );
+    println!("catalog:\n{}", serde_json::to_string_pretty(&orchestrator.catalog())?);
     Ok(())
 }

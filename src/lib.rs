@@ -31,28 +31,25 @@
 //! Plugins are written against the [`plugin_api`] crate, re-exported here.
 
 pub use orchestrator_core::{
-    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, C_ABI_VERSION,
-    CapabilityInfo, Catalog, ConfigError, DEFAULT_CALL_TIMEOUT, DispatchError, DryRunExecutor,
-    ExecutionContext, ExecutorError, FailedAttempt, LEGACY, LIBRARY_EXTENSION, LoadError,
-    LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, Orchestrator, OrchestratorBuilder,
-    OrchestratorError, PluginAbi, PluginInfo, PluginInspection, PluginOptions, PluginOrigin,
-    ProviderFailure, RegistryError, Task, inspect_plugin,
+    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, C_ABI_VERSION, CapabilityInfo, Catalog,
+    ConfigError, DEFAULT_CALL_TIMEOUT, DispatchError, DryRunExecutor, ExecutionContext, ExecutorError, FailedAttempt,
+    LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, OpenedPlugin,
+    Orchestrator, OrchestratorBuilder, OrchestratorError, PluginAbi, PluginInfo, PluginInspection, PluginOptions,
+    PluginOrigin, ProviderFailure, RegistryError, Task, inspect_plugin, open_plugin,
 };
 pub use plugin_api;
 pub use plugin_api::{
-    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
-    OrchestratorEvent, PluginError,
+    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin, OrchestratorEvent,
+    PluginError,
 };
 
 /// The names most applications use, in one `use orchestrator::prelude::*;`.
 pub mod prelude {
     pub use orchestrator_core::{
-        AgentConfig, AgentId, AgentStatus, Orchestrator, OrchestratorBuilder, OrchestratorError,
-        Task,
+        AgentConfig, AgentId, AgentStatus, Orchestrator, OrchestratorBuilder, OrchestratorError, Task,
     };
     pub use plugin_api::{
-        HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
-        PluginError,
+        HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin, PluginError,
     };
 }
 

@@ -10,14 +10,8 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn default_config_generates_id_and_name() {
     let orch = Orchestrator::builder().build().await.expect("builds");
-    let a = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
-    let b = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
+    let a = orch.register_agent(AgentConfig::default()).await.expect("registers");
+    let b = orch.register_agent(AgentConfig::default()).await.expect("registers");
     assert_ne!(a, b);
     let agent = orch.agent(&a).expect("registered");
     assert_eq!(agent.name, a.to_string());
@@ -29,11 +23,7 @@ async fn default_config_generates_id_and_name() {
 async fn duplicate_explicit_id_is_refused_and_nothing_is_lost() {
     let orch = Orchestrator::builder().build().await.expect("builds");
     let id = orch
-        .register_agent(
-            AgentConfig::new("first")
-                .with_id("w1")
-                .with_capabilities(["rust"]),
-        )
+        .register_agent(AgentConfig::new("first").with_id("w1").with_capabilities(["rust"]))
         .await
         .expect("registers");
     let err = orch
@@ -41,16 +31,10 @@ async fn duplicate_explicit_id_is_refused_and_nothing_is_lost() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            OrchestratorError::Agent(AgentError::DuplicateId { .. })
-        ),
+        matches!(err, OrchestratorError::Agent(AgentError::DuplicateId { .. })),
         "{err}"
     );
-    assert!(
-        err.to_string().contains("`w1` is already registered"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("`w1` is already registered"), "{err}");
     let kept = orch.agent(&id).expect("still registered");
     assert_eq!(kept.name, "first");
     assert_eq!(kept.capabilities, ["rust"]);
@@ -70,10 +54,7 @@ async fn fifty_five_agents_are_all_active() {
     }
     assert_eq!(orch.agent_count(), 55);
     for id in &ids {
-        assert_eq!(
-            orch.agent_status(id).map(|s| s.to_string()).as_deref(),
-            Some("active")
-        );
+        assert_eq!(orch.agent_status(id).map(|s| s.to_string()).as_deref(), Some("active"));
     }
 }
 
@@ -84,9 +65,7 @@ async fn registration_averages_under_100ms() {
     let orch = Orchestrator::builder().build().await.expect("builds");
     let start = Instant::now();
     for _ in 0..10 {
-        orch.register_agent(AgentConfig::default())
-            .await
-            .expect("registers");
+        orch.register_agent(AgentConfig::default()).await.expect("registers");
     }
     assert!(start.elapsed() / 10 < Duration::from_millis(100));
 }
@@ -119,10 +98,7 @@ async fn ten_thousand_concurrent_registrations_none_lost_or_duplicated() {
 #[tokio::test]
 async fn deregister_removes_and_unknown_id_is_an_error() {
     let orch = Orchestrator::builder().build().await.expect("builds");
-    let id = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
     orch.deregister_agent(&id).await.expect("deregisters");
     assert_eq!(orch.agent_status(&id), None);
     let err = orch.deregister_agent(&id).await.unwrap_err();
@@ -140,12 +116,10 @@ async fn status_changes_are_announced_in_order() {
         .register_agent(AgentConfig::default().with_id("s1"))
         .await
         .expect("registers");
-    orch.set_agent_status(&id, AgentStatus::Sleeping)
-        .expect("known agent");
+    orch.set_agent_status(&id, AgentStatus::Sleeping).expect("known agent");
     orch.set_agent_status(&id, AgentStatus::Sleeping)
         .expect("no change, no event");
-    orch.set_agent_status(&id, AgentStatus::Offline)
-        .expect("known agent");
+    orch.set_agent_status(&id, AgentStatus::Offline).expect("known agent");
     orch.deregister_agent(&id).await.expect("deregisters");
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -159,9 +133,7 @@ async fn status_changes_are_announced_in_order() {
     assert_eq!(
         seen,
         vec![
-            OrchestratorEvent::AgentRegistered {
-                agent_id: "s1".into()
-            },
+            OrchestratorEvent::AgentRegistered { agent_id: "s1".into() },
             OrchestratorEvent::AgentStatusChanged {
                 agent_id: "s1".into(),
                 from: AgentStatus::Active,
@@ -172,9 +144,7 @@ async fn status_changes_are_announced_in_order() {
                 from: AgentStatus::Sleeping,
                 to: AgentStatus::Offline
             },
-            OrchestratorEvent::AgentDeregistered {
-                agent_id: "s1".into()
-            },
+            OrchestratorEvent::AgentDeregistered { agent_id: "s1".into() },
         ]
     );
     assert!(

@@ -33,7 +33,11 @@ fn temp_dir(name: &str) -> PathBuf {
 async fn a_c_plugin_loads_and_its_answers_round_trip() {
     let dir = temp_dir("ok");
     let path = compile_c_plugin(&dir, "libc_text_plugin.so", &[]);
-    let orch = Orchestrator::builder().legacy_mode(false).build().await.expect("builds");
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .build()
+        .await
+        .expect("builds");
     let loaded = orch.load_plugin(&path).await.expect("loads");
     assert_eq!(loaded.name, "CTextPlugin");
     assert_eq!(loaded.version, "1.0.0");
@@ -53,7 +57,10 @@ async fn a_c_plugin_loads_and_its_answers_round_trip() {
     assert_eq!(resp.correlation_id, "c-42");
 
     // The C plugin's own refusal comes back as a well-formed failure.
-    let bad = orch.execute(IntegrationRequest::new("c_text_stats", json!({"txt": 1}))).await.expect("answered");
+    let bad = orch
+        .execute(IntegrationRequest::new("c_text_stats", json!({"txt": 1})))
+        .await
+        .expect("answered");
     assert!(!bad.success);
     assert_eq!(bad.error.as_deref(), Some("expected {\"text\": string}"));
 
@@ -77,8 +84,15 @@ async fn a_c_plugin_for_another_abi_version_is_refused() {
     let path = compile_c_plugin(&dir, "libc_text_plugin_v2.so", &["-DORCH_ABI_VERSION=2"]);
     let orch = Orchestrator::builder().build().await.expect("builds");
     let err = orch.load_plugin(&path).await.unwrap_err();
-    assert!(matches!(err, OrchestratorError::Load(LoadError::IncompatibleVersion { .. })), "{err}");
-    assert!(err.to_string().contains("built against C ABI 2, this host needs C ABI 1"), "{err}");
+    assert!(
+        matches!(err, OrchestratorError::Load(LoadError::IncompatibleVersion { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("built against C ABI 2, this host needs C ABI 1"),
+        "{err}"
+    );
     assert!(orch.plugins().is_empty());
     std::fs::remove_dir_all(&dir).ok();
 }

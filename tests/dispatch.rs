@@ -54,13 +54,9 @@ async fn falls_back_from(behaviour: Behaviour) -> (IntegrationResponse, Vec<Orch
         "a hang is bounded by call_timeout"
     );
     let mut seen = Vec::new();
-    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
-    {
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
         seen.push(event);
-        if matches!(
-            seen.last(),
-            Some(OrchestratorEvent::CapabilityFallback { .. })
-        ) {
+        if matches!(seen.last(), Some(OrchestratorEvent::CapabilityFallback { .. })) {
             break;
         }
     }
@@ -126,10 +122,7 @@ async fn failing_routing_plugin_falls_back_to_the_legacy_path() {
         .build()
         .await
         .expect("builds");
-    let id = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
     let resp = orch
         .execute(IntegrationRequest::new(
             "semantic_routing",
@@ -167,20 +160,13 @@ async fn without_legacy_mode_every_failure_is_reported() {
         ))
         .await
         .unwrap_err();
-    let OrchestratorError::Dispatch(DispatchError::AllProvidersFailed {
-        capability,
-        attempts,
-    }) = &err
-    else {
+    let OrchestratorError::Dispatch(DispatchError::AllProvidersFailed { capability, attempts }) = &err else {
         panic!("unexpected error: {err}");
     };
     assert_eq!(capability, "semantic_routing");
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0].plugin, "A");
-    assert!(matches!(
-        attempts[1].failure,
-        ProviderFailure::Timeout { after_ms: 50 }
-    ));
+    assert!(matches!(attempts[1].failure, ProviderFailure::Timeout { after_ms: 50 }));
     assert!(err.to_string().contains("legacy_mode(true)"), "{err}");
 }
 
@@ -188,36 +174,19 @@ async fn without_legacy_mode_every_failure_is_reported() {
 async fn disabled_capability_skips_its_plugin() {
     let router = ScriptedPlugin::new("Router", &["semantic_routing"], Behaviour::Echo);
     let calls = router.calls.clone();
-    let orch = Orchestrator::builder()
-        .plugin(router)
-        .build()
-        .await
-        .expect("builds");
-    let id = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
-    let request =
-        || IntegrationRequest::new("semantic_routing", json!({"task": {"description": "x"}}));
+    let orch = Orchestrator::builder().plugin(router).build().await.expect("builds");
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
+    let request = || IntegrationRequest::new("semantic_routing", json!({"task": {"description": "x"}}));
 
-    orch.set_capability_enabled("semantic_routing", false)
-        .expect("known");
+    orch.set_capability_enabled("semantic_routing", false).expect("known");
     assert!(!orch.is_capability_enabled("semantic_routing"));
     let resp = orch.execute(request()).await.expect("legacy serves");
     assert_eq!(resp.served_by, "legacy");
     assert_eq!(resp.data["selected_agent"], id.as_str());
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        0,
-        "the disabled plugin was not called"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the disabled plugin was not called");
 
-    orch.set_capability_enabled("semantic_routing", true)
-        .expect("known");
-    assert_eq!(
-        orch.execute(request()).await.expect("served").served_by,
-        "Router"
-    );
+    orch.set_capability_enabled("semantic_routing", true).expect("known");
+    assert_eq!(orch.execute(request()).await.expect("served").served_by, "Router");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -228,8 +197,7 @@ async fn disabled_capability_without_legacy_is_an_error_that_says_how_to_enable_
         .build()
         .await
         .expect("builds");
-    orch.set_capability_enabled("summarize", false)
-        .expect("known");
+    orch.set_capability_enabled("summarize", false).expect("known");
     let err = orch
         .execute(IntegrationRequest::new("summarize", json!({})))
         .await
@@ -242,8 +210,7 @@ async fn disabled_capability_without_legacy_is_an_error_that_says_how_to_enable_
         "{err}"
     );
     assert!(
-        err.to_string()
-            .contains("set_capability_enabled(\"summarize\", true)"),
+        err.to_string().contains("set_capability_enabled(\"summarize\", true)"),
         "{err}"
     );
     assert!(
@@ -264,10 +231,7 @@ async fn correlation_id_is_kept_or_generated() {
         .await
         .expect("served");
     assert_eq!(kept.correlation_id, "req-42");
-    assert_eq!(
-        kept.data["correlation_id_seen"], "req-42",
-        "the plugin saw it too"
-    );
+    assert_eq!(kept.data["correlation_id_seen"], "req-42", "the plugin saw it too");
 
     let a = orch
         .execute(IntegrationRequest::new("echo", json!({})))
@@ -283,8 +247,7 @@ async fn correlation_id_is_kept_or_generated() {
 
     let legacy = orch
         .execute(
-            IntegrationRequest::new("extended_thinking", json!({"task_description": "x"}))
-                .with_correlation_id("c-1"),
+            IntegrationRequest::new("extended_thinking", json!({"task_description": "x"})).with_correlation_id("c-1"),
         )
         .await
         .expect("legacy serves");
@@ -311,11 +274,7 @@ async fn unknown_capability_names_it_and_lists_the_known_ones() {
 #[tokio::test]
 async fn garbage_request_data_is_an_error_never_a_panic() {
     let strict = ScriptedPlugin::new("Strict", &["summarize"], Behaviour::Strict);
-    let orch = Orchestrator::builder()
-        .plugin(strict)
-        .build()
-        .await
-        .expect("builds");
+    let orch = Orchestrator::builder().plugin(strict).build().await.expect("builds");
     let garbage = [
         json!(null),
         json!(42),
@@ -333,16 +292,10 @@ async fn garbage_request_data_is_an_error_never_a_panic() {
             .await
             .unwrap_err();
         assert!(
-            matches!(
-                err,
-                OrchestratorError::Dispatch(DispatchError::InvalidRequest { .. })
-            ),
+            matches!(err, OrchestratorError::Dispatch(DispatchError::InvalidRequest { .. })),
             "{err}"
         );
-        assert!(
-            err.to_string().contains("expected {\"text\": string}"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("expected {\"text\": string}"), "{err}");
         for cap in ["semantic_routing", "extended_thinking"] {
             let resp = orch
                 .execute(IntegrationRequest::new(cap, data.clone()))
@@ -350,10 +303,7 @@ async fn garbage_request_data_is_an_error_never_a_panic() {
                 .expect("answered");
             assert!(!resp.success, "{cap} accepted {data}");
             assert!(
-                resp.error
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("expected"),
+                resp.error.as_deref().unwrap_or_default().contains("expected"),
                 "{resp:?}"
             );
         }
@@ -396,17 +346,11 @@ async fn plugins_call_other_capabilities_through_the_host() {
     orch.register_agent(AgentConfig::default().with_id("h1"))
         .await
         .expect("registers");
-    assert_eq!(
-        handle.agent("h1").map(|a| a.status),
-        Some(AgentStatus::Active)
-    );
+    assert_eq!(handle.agent("h1").map(|a| a.status), Some(AgentStatus::Active));
     handle
         .set_agent_status("h1", AgentStatus::Sleeping)
         .expect("known agent");
-    assert_eq!(
-        orch.agent_status(&AgentId::from("h1")),
-        Some(AgentStatus::Sleeping)
-    );
+    assert_eq!(orch.agent_status(&AgentId::from("h1")), Some(AgentStatus::Sleeping));
     let mut events = orch.subscribe_events();
     handle.emit("cache_warmed", json!({"entries": 3}));
     // Earlier events may still be on their way: look for the custom one.
@@ -454,10 +398,7 @@ async fn self_calling_plugin_is_stopped_by_the_depth_limit() {
             *self.0.lock().expect("lock") = Some(host);
             Ok(())
         }
-        async fn process_request(
-            &self,
-            request: IntegrationRequest,
-        ) -> Result<IntegrationResponse, PluginError> {
+        async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
             let host = self.0.lock().expect("lock").clone().expect("initialized");
             host.call(request).await
         }

@@ -5,9 +5,7 @@ mod common;
 
 use common::{eventually, plugin_library};
 use orchestrator::prelude::*;
-use orchestrator::{
-    LoadError, LoadOutcome, OrchestratorEvent, PluginAbi, PluginOptions, PluginOrigin, inspect_plugin,
-};
+use orchestrator::{LoadError, LoadOutcome, OrchestratorEvent, PluginAbi, PluginOptions, PluginOrigin, inspect_plugin};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -23,13 +21,19 @@ async fn a_stable_abi_plugin_loads_and_serves() {
     assert_eq!(loaded.interface_version, orchestrator::plugin_api::API_VERSION);
 
     let resp = orch
-        .execute(IntegrationRequest::new("keywords", json!({"text": "Plugins load plugins; plugins serve. Hosts host."})))
+        .execute(IntegrationRequest::new(
+            "keywords",
+            json!({"text": "Plugins load plugins; plugins serve. Hosts host."}),
+        ))
         .await
         .expect("served");
     assert_eq!(resp.served_by, "TextToolsPlugin");
     assert_eq!(resp.data["keywords"][0], json!({"word": "plugins", "count": 3}));
     // Bad input is the plugin's `invalid_request`, carried across the boundary intact.
-    let err = orch.execute(IntegrationRequest::new("text_stats", json!({"txt": 1}))).await.unwrap_err();
+    let err = orch
+        .execute(IntegrationRequest::new("text_stats", json!({"txt": 1})))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("expected {\"text\": string}"), "{err}");
     let catalog = serde_json::to_value(orch.catalog()).expect("serializes");
     assert_eq!(catalog["plugins"][0]["origin"]["kind"], "stable_abi");
@@ -46,7 +50,10 @@ async fn configuration_reaches_a_dynamic_plugin() {
         .await
         .expect("builds");
     let resp = orch
-        .execute(IntegrationRequest::new("keywords", json!({"text": "alpha beta beta gamma"})))
+        .execute(IntegrationRequest::new(
+            "keywords",
+            json!({"text": "alpha beta beta gamma"}),
+        ))
         .await
         .expect("served");
     assert_eq!(resp.data["keywords"], json!([{"word": "beta", "count": 2}]));
@@ -63,27 +70,60 @@ async fn configuration_reaches_a_dynamic_plugin() {
 #[tokio::test]
 async fn two_dynamic_plugins_load_side_by_side() {
     let orch = Orchestrator::builder().build().await.expect("builds");
-    let text = orch.load_plugin(plugin_library("third-party-plugin")).await.expect("loads");
+    let text = orch
+        .load_plugin(plugin_library("third-party-plugin"))
+        .await
+        .expect("loads");
     let faulty = orch.load_plugin(plugin_library("faulty-plugin")).await.expect("loads");
     assert_ne!(text.name, faulty.name, "each library has its own root module");
-    let a = orch.execute(IntegrationRequest::new("text_stats", json!({"text": "one two"}))).await.expect("served");
-    assert_eq!((a.served_by.as_str(), a.data["words"].as_u64()), ("TextToolsPlugin", Some(2)));
-    let b = orch.execute(IntegrationRequest::new("faulty_echo", json!({"x": 1}))).await.expect("served");
-    assert_eq!((b.served_by.as_str(), &b.data["echo"]), ("FaultyPlugin", &json!({"x": 1})));
+    let a = orch
+        .execute(IntegrationRequest::new("text_stats", json!({"text": "one two"})))
+        .await
+        .expect("served");
+    assert_eq!(
+        (a.served_by.as_str(), a.data["words"].as_u64()),
+        ("TextToolsPlugin", Some(2))
+    );
+    let b = orch
+        .execute(IntegrationRequest::new("faulty_echo", json!({"x": 1})))
+        .await
+        .expect("served");
+    assert_eq!(
+        (b.served_by.as_str(), &b.data["echo"]),
+        ("FaultyPlugin", &json!({"x": 1}))
+    );
 }
 
 #[tokio::test]
 async fn a_panic_inside_a_dynamic_plugin_leaves_the_host_serving() {
-    let orch = Orchestrator::builder().legacy_mode(false).build().await.expect("builds");
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .build()
+        .await
+        .expect("builds");
     orch.load_plugin(plugin_library("faulty-plugin")).await.expect("loads");
     for _ in 0..3 {
-        let err = orch.execute(IntegrationRequest::new("faulty_panic", json!({}))).await.unwrap_err();
-        assert!(err.to_string().contains("plugin panicked: faulty plugin panics on purpose"), "{err}");
+        let err = orch
+            .execute(IntegrationRequest::new("faulty_panic", json!({})))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("plugin panicked: faulty plugin panics on purpose"),
+            "{err}"
+        );
     }
     // Its other capabilities still work.
-    let ok = orch.execute(IntegrationRequest::new("faulty_echo", json!(1))).await.expect("served");
+    let ok = orch
+        .execute(IntegrationRequest::new("faulty_echo", json!(1)))
+        .await
+        .expect("served");
     assert_eq!(ok.data["echo"], 1);
-    assert_eq!(orch.plugins()[0].errors, 3, "contained on the plugin side: an error, not a host panic");
+    assert_eq!(
+        orch.plugins()[0].errors,
+        3,
+        "contained on the plugin side: an error, not a host panic"
+    );
 }
 
 #[tokio::test]
@@ -96,7 +136,10 @@ async fn a_hanging_dynamic_plugin_is_cut_off_by_the_call_timeout() {
         .expect("builds");
     orch.load_plugin(plugin_library("faulty-plugin")).await.expect("loads");
     let start = Instant::now();
-    let err = orch.execute(IntegrationRequest::new("faulty_hang", json!({}))).await.unwrap_err();
+    let err = orch
+        .execute(IntegrationRequest::new("faulty_hang", json!({})))
+        .await
+        .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(err.to_string().contains("timed out after 100 ms"), "{err}");
     assert_eq!(orch.plugins()[0].timeouts, 1);
@@ -107,14 +150,26 @@ async fn a_hanging_dynamic_plugin_is_cut_off_by_the_call_timeout() {
 /// "no reactor running".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dynamic_plugin_sleeps_and_spawns_on_the_host_runtime() {
-    let orch = Orchestrator::builder().legacy_mode(false).build().await.expect("builds");
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .build()
+        .await
+        .expect("builds");
     let mut events = orch.subscribe_events();
     orch.load_plugin(plugin_library("faulty-plugin")).await.expect("loads");
-    orch.register_agent(AgentConfig::default().with_id("dyn-1")).await.expect("registers");
-    let resp = orch.execute(IntegrationRequest::new("faulty_background", json!({"ms": 20}))).await.expect("served");
+    orch.register_agent(AgentConfig::default().with_id("dyn-1"))
+        .await
+        .expect("registers");
+    let resp = orch
+        .execute(IntegrationRequest::new("faulty_background", json!({"ms": 20})))
+        .await
+        .expect("served");
     assert_eq!(resp.data["spawned"], true);
     let done = loop {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("in time").expect("event");
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("in time")
+            .expect("event");
         if let OrchestratorEvent::Custom { source, name, data } = event {
             assert_eq!(source, "FaultyPlugin");
             assert_eq!(name, "background_done");
@@ -122,19 +177,35 @@ async fn a_dynamic_plugin_sleeps_and_spawns_on_the_host_runtime() {
         }
     };
     assert!(done["slept_ms"].as_u64().is_some_and(|ms| ms >= 20), "{done}");
-    let agents = orch.execute(IntegrationRequest::new("faulty_agents", json!({}))).await.expect("served");
-    assert_eq!(agents.data["agents"], json!(["dyn-1"]), "host services reach across the boundary");
+    let agents = orch
+        .execute(IntegrationRequest::new("faulty_agents", json!({})))
+        .await
+        .expect("served");
+    assert_eq!(
+        agents.data["agents"],
+        json!(["dyn-1"]),
+        "host services reach across the boundary"
+    );
 }
 
 #[tokio::test]
 async fn hot_swap_of_a_dynamic_plugin_keeps_serving() {
     let path = plugin_library("third-party-plugin");
-    let orch = Orchestrator::builder().legacy_mode(false).build().await.expect("builds");
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .build()
+        .await
+        .expect("builds");
     orch.load_plugin(&path).await.expect("loads");
     let err = orch.load_plugin(&path).await.unwrap_err();
     assert!(err.to_string().contains("already registered"), "{err}");
-    orch.load_plugin_with(&path, PluginOptions::new().replace()).await.expect("replaces");
-    let resp = orch.execute(IntegrationRequest::new("text_stats", json!({"text": "a b c"}))).await.expect("served");
+    orch.load_plugin_with(&path, PluginOptions::new().replace())
+        .await
+        .expect("replaces");
+    let resp = orch
+        .execute(IntegrationRequest::new("text_stats", json!({"text": "a b c"})))
+        .await
+        .expect("served");
     assert_eq!(resp.data["words"], 3);
     orch.unregister_plugin("TextToolsPlugin").await.expect("unregisters");
     assert!(!orch.has_capability("text_stats"));
@@ -148,22 +219,36 @@ async fn every_kind_of_bad_file_has_its_own_clear_error() {
 
     let missing = dir.join("missing.so");
     let err = orch.load_plugin(&missing).await.unwrap_err();
-    assert!(matches!(err, OrchestratorError::Load(LoadError::NotFound { .. })), "{err}");
+    assert!(
+        matches!(err, OrchestratorError::Load(LoadError::NotFound { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains(&*missing.to_string_lossy()), "{err}");
 
     let garbage = dir.join("garbage.so");
     std::fs::write(&garbage, b"\x7fELF this is not really a library").expect("write");
     let err = orch.load_plugin(&garbage).await.unwrap_err();
-    assert!(matches!(err, OrchestratorError::Load(LoadError::NotALibrary { .. })), "{err}");
+    assert!(
+        matches!(err, OrchestratorError::Load(LoadError::NotALibrary { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains(&*garbage.to_string_lossy()), "{err}");
 
-    let libm = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6", "/usr/lib/libm.so.6"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("libm is on the machine");
+    let libm = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+        "/usr/lib/libm.so.6",
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.is_file())
+    .expect("libm is on the machine");
     let err = orch.load_plugin(&libm).await.unwrap_err();
-    assert!(matches!(err, OrchestratorError::Load(LoadError::NoPluginExports { .. })), "{err}");
+    assert!(
+        matches!(err, OrchestratorError::Load(LoadError::NoPluginExports { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("exports no orchestrator plugin"), "{err}");
 
     let old = plugin_library("old-api-plugin");
@@ -199,12 +284,21 @@ async fn a_plugin_directory_loads_what_it_can_and_reports_every_file() {
     let failures: Vec<_> = report.failures().collect();
     assert_eq!(failures.len(), 1);
     assert!(failures[0].0.ends_with(format!("c_broken.{ext}")));
-    let readme = report.entries.iter().find(|e| e.path.ends_with("README.txt")).expect("reported");
+    let readme = report
+        .entries
+        .iter()
+        .find(|e| e.path.ends_with("README.txt"))
+        .expect("reported");
     assert!(matches!(readme.outcome, LoadOutcome::Skipped(_)), "{readme:?}");
     assert!(serde_json::to_string(&report).is_ok());
 
     let missing = orch.load_plugin_dir(dir.join("nope")).await;
-    assert!(missing.error.as_deref().is_some_and(|e| e.contains("cannot read plugin directory")));
+    assert!(
+        missing
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot read plugin directory"))
+    );
 
     // At build, a broken library fails the build.
     let err = Orchestrator::builder().plugin_dir(&dir).build().await.unwrap_err();
@@ -229,6 +323,9 @@ async fn a_failing_load_leaves_event_delivery_and_other_plugins_untouched() {
     assert!(orch.load_plugin(plugin_library("old-api-plugin")).await.is_err());
     let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
     assert!(eventually(|| orch.agent_status(&id) == Some(AgentStatus::Active)).await);
-    let resp = orch.execute(IntegrationRequest::new("faulty_echo", json!("still here"))).await.expect("served");
+    let resp = orch
+        .execute(IntegrationRequest::new("faulty_echo", json!("still here")))
+        .await
+        .expect("served");
     assert_eq!(resp.data["echo"], "still here");
 }

@@ -16,19 +16,11 @@ use tokio::sync::Notify;
 async fn legacy_selection_is_least_loaded_then_round_robin() {
     let orch = Orchestrator::builder().build().await.expect("builds");
     let a = orch
-        .register_agent(
-            AgentConfig::new("a")
-                .with_id("a")
-                .with_capabilities(["rust"]),
-        )
+        .register_agent(AgentConfig::new("a").with_id("a").with_capabilities(["rust"]))
         .await
         .expect("a");
     let b = orch
-        .register_agent(
-            AgentConfig::new("b")
-                .with_id("b")
-                .with_capabilities(["rust"]),
-        )
+        .register_agent(AgentConfig::new("b").with_id("b").with_capabilities(["rust"]))
         .await
         .expect("b");
     let c = orch
@@ -51,19 +43,13 @@ async fn legacy_selection_is_least_loaded_then_round_robin() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            OrchestratorError::Agent(AgentError::NoEligibleAgent { .. })
-        ),
+        matches!(err, OrchestratorError::Agent(AgentError::NoEligibleAgent { .. })),
         "{err}"
     );
     assert!(err.to_string().contains("1 lacking [rust]"), "{err}");
-    orch.set_agent_status(&a, AgentStatus::Offline)
-        .expect("known");
+    orch.set_agent_status(&a, AgentStatus::Offline).expect("known");
     assert_eq!(
-        orch.select_agent_for_task(&task, &[a, b.clone()])
-            .await
-            .expect("picks"),
+        orch.select_agent_for_task(&task, &[a, b.clone()]).await.expect("picks"),
         b
     );
 }
@@ -104,19 +90,10 @@ async fn a_router_answer_that_is_not_a_candidate_falls_back_to_legacy() {
         .build()
         .await
         .expect("builds");
-    strict
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
-    let err = strict
-        .select_agent_for_task(&Task::new("x"), &[])
-        .await
-        .unwrap_err();
+    strict.register_agent(AgentConfig::default()).await.expect("registers");
+    let err = strict.select_agent_for_task(&Task::new("x"), &[]).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            OrchestratorError::Agent(AgentError::InvalidSelection { .. })
-        ),
+        matches!(err, OrchestratorError::Agent(AgentError::InvalidSelection { .. })),
         "{err}"
     );
 }
@@ -137,9 +114,7 @@ async fn a_valid_router_answer_is_used() {
         .expect("b");
     for _ in 0..3 {
         assert_eq!(
-            orch.select_agent_for_task(&Task::new("x"), &[])
-                .await
-                .expect("picks"),
+            orch.select_agent_for_task(&Task::new("x"), &[]).await.expect("picks"),
             b
         );
     }
@@ -162,33 +137,20 @@ async fn default_executor_is_a_dry_run_with_the_legacy_analysis() {
     assert_eq!(out["dry_run"], true);
     assert_eq!(out["agent_id"], id.as_str());
     assert_eq!(out["data"]["env"], "staging");
-    assert_eq!(
-        out["analysis"]["plan"],
-        json!(["Build the image", "deploy it"])
-    );
+    assert_eq!(out["analysis"]["plan"], json!(["Build the image", "deploy it"]));
     assert_eq!(out["analysis"]["required_capabilities"], json!(["deploy"]));
-    let no_text = orch
-        .execute_agent_task(&id, json!({"n": 1}))
-        .await
-        .expect("runs");
+    let no_text = orch.execute_agent_task(&id, json!({"n": 1})).await.expect("runs");
     assert_eq!(no_text["analysis"], Value::Null, "nothing to analyse");
 }
 
 #[tokio::test]
 async fn the_thinking_plugin_is_used_when_present_and_skipped_when_failing() {
     let orch = Orchestrator::builder()
-        .plugin(ScriptedPlugin::new(
-            "Thinker",
-            &["extended_thinking"],
-            Behaviour::Echo,
-        ))
+        .plugin(ScriptedPlugin::new("Thinker", &["extended_thinking"], Behaviour::Echo))
         .build()
         .await
         .expect("builds");
-    let id = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
     let out = orch
         .execute_agent_task(&id, json!({"description": "plan it"}))
         .await
@@ -196,18 +158,11 @@ async fn the_thinking_plugin_is_used_when_present_and_skipped_when_failing() {
     assert_eq!(out["analysis"]["plugin"], "Thinker");
 
     let failing = Orchestrator::builder()
-        .plugin(ScriptedPlugin::new(
-            "Thinker",
-            &["extended_thinking"],
-            Behaviour::Fail,
-        ))
+        .plugin(ScriptedPlugin::new("Thinker", &["extended_thinking"], Behaviour::Fail))
         .build()
         .await
         .expect("builds");
-    let id = failing
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
+    let id = failing.register_agent(AgentConfig::default()).await.expect("registers");
     let out = failing
         .execute_agent_task(&id, json!({"description": "plan it"}))
         .await
@@ -250,11 +205,7 @@ async fn load_and_status_follow_running_tasks() {
     let first = tokio::spawn(orch.execute_agent_task(&id, json!({"mode": "wait"})));
     let second = tokio::spawn(orch.execute_agent_task(&id, json!({"mode": "wait"})));
     assert!(common::eventually(|| orch.agent(&id).map(|a| a.load) == Some(2)).await);
-    assert_eq!(
-        orch.agent_status(&id),
-        Some(AgentStatus::Busy),
-        "busy at capacity"
-    );
+    assert_eq!(orch.agent_status(&id), Some(AgentStatus::Busy), "busy at capacity");
     while !first.is_finished() || !second.is_finished() {
         release.notify_waiters();
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -282,14 +233,8 @@ async fn executor_failures_and_panics_are_errors_and_give_the_load_back() {
         .build()
         .await
         .expect("builds");
-    let id = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
-    let err = orch
-        .execute_agent_task(&id, json!({"mode": "fail"}))
-        .await
-        .unwrap_err();
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
+    let err = orch.execute_agent_task(&id, json!({"mode": "fail"})).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         format!("agent `{id}` failed its task: model quota exhausted")
@@ -298,39 +243,25 @@ async fn executor_failures_and_panics_are_errors_and_give_the_load_back() {
         .execute_agent_task(&id, json!({"mode": "panic"}))
         .await
         .unwrap_err();
-    assert!(
-        err.to_string().contains("executor panicked: executor bug"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("executor panicked: executor bug"), "{err}");
     assert_eq!(
         orch.agent(&id).map(|a| (a.load, a.status)),
         Some((0, AgentStatus::Active))
     );
     // Cancelled half-way: the load is given back too.
     let waiting = orch.execute_agent_task(&id, json!({"mode": "wait"}));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(20), waiting)
-            .await
-            .is_err()
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(20), waiting).await.is_err());
     assert_eq!(orch.agent(&id).map(|a| a.load), Some(0));
 }
 
 #[tokio::test]
 async fn offline_or_unknown_agents_take_no_work_and_sleepers_wake() {
     let orch = Orchestrator::builder().build().await.expect("builds");
-    let id = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
-    orch.set_agent_status(&id, AgentStatus::Offline)
-        .expect("known");
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
+    orch.set_agent_status(&id, AgentStatus::Offline).expect("known");
     let err = orch.execute_agent_task(&id, json!({})).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            OrchestratorError::Agent(AgentError::Unavailable { .. })
-        ),
+        matches!(err, OrchestratorError::Agent(AgentError::Unavailable { .. })),
         "{err}"
     );
     let err = orch
@@ -341,8 +272,7 @@ async fn offline_or_unknown_agents_take_no_work_and_sleepers_wake() {
         matches!(err, OrchestratorError::Agent(AgentError::NotFound { .. })),
         "{err}"
     );
-    orch.set_agent_status(&id, AgentStatus::Sleeping)
-        .expect("known");
+    orch.set_agent_status(&id, AgentStatus::Sleeping).expect("known");
     orch.execute_agent_task(&id, json!({})).await.expect("runs");
     assert_eq!(orch.agent_status(&id), Some(AgentStatus::Active));
 }
@@ -354,14 +284,8 @@ async fn strict_mode_without_the_enhancing_plugins_says_so() {
         .build()
         .await
         .expect("builds");
-    let id = orch
-        .register_agent(AgentConfig::default())
-        .await
-        .expect("registers");
-    let err = orch
-        .select_agent_for_task(&Task::new("x"), &[])
-        .await
-        .unwrap_err();
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
+    let err = orch.select_agent_for_task(&Task::new("x"), &[]).await.unwrap_err();
     assert!(err.to_string().contains("`semantic_routing`"), "{err}");
     let err = orch
         .execute_agent_task(&id, json!({"description": "x"}))

@@ -45,17 +45,10 @@ async fn duplicate_plugin_name_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            OrchestratorError::Registry(RegistryError::DuplicatePlugin { .. })
-        ),
+        matches!(err, OrchestratorError::Registry(RegistryError::DuplicatePlugin { .. })),
         "{err}"
     );
-    assert_eq!(
-        orch.capabilities(),
-        ["a"],
-        "the refused plugin left nothing behind"
-    );
+    assert_eq!(orch.capabilities(), ["a"], "the refused plugin left nothing behind");
 }
 
 #[tokio::test]
@@ -66,11 +59,7 @@ async fn capability_conflict_needs_an_explicit_distinct_priority() {
         .await
         .expect("builds");
     let err = orch
-        .register_plugin(ScriptedPlugin::new(
-            "Second",
-            &["route", "other"],
-            Behaviour::Echo,
-        ))
+        .register_plugin(ScriptedPlugin::new("Second", &["route", "other"], Behaviour::Echo))
         .await
         .unwrap_err();
     assert!(
@@ -154,20 +143,11 @@ async fn unregister_drains_then_shuts_down() {
     orch.unregister_plugin("Gone").await.expect("unregisters");
     assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
     assert!(!orch.has_capability("x"));
-    let err = orch
-        .execute(IntegrationRequest::new("x", json!({})))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("no plugin serves capability `x`"),
-        "{err}"
-    );
+    let err = orch.execute(IntegrationRequest::new("x", json!({}))).await.unwrap_err();
+    assert!(err.to_string().contains("no plugin serves capability `x`"), "{err}");
     let err = orch.unregister_plugin("Gone").await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            OrchestratorError::Registry(RegistryError::PluginNotFound { .. })
-        ),
+        matches!(err, OrchestratorError::Registry(RegistryError::PluginNotFound { .. })),
         "{err}"
     );
 }
@@ -212,13 +192,8 @@ async fn hot_swap_lets_calls_in_flight_finish_on_the_old_instance() {
     );
 
     let old_result = in_flight.await.expect("task ran");
-    assert!(
-        old_result.is_err(),
-        "the old instance's call ended by its own timeout"
-    );
-    swap.await
-        .expect("task ran")
-        .expect("swap completes once drained");
+    assert!(old_result.is_err(), "the old instance's call ended by its own timeout");
+    swap.await.expect("task ran").expect("swap completes once drained");
     assert_eq!(old_shutdowns.load(Ordering::SeqCst), 1);
 }
 
@@ -229,11 +204,7 @@ async fn configuration_reaches_the_plugin_and_unknown_plugins_are_refused() {
     let dir = std::env::temp_dir().join(format!("orch-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("orchestrator.toml");
-    std::fs::write(
-        &file,
-        "[Configured]\nlimit = 3\n[Configured.nested]\nkey = \"v\"\n",
-    )
-    .expect("write");
+    std::fs::write(&file, "[Configured]\nlimit = 3\n[Configured.nested]\nkey = \"v\"\n").expect("write");
     let orch = Orchestrator::builder()
         .plugin(plugin)
         .config_file(&file)
@@ -251,10 +222,7 @@ async fn configuration_reaches_the_plugin_and_unknown_plugins_are_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            OrchestratorError::Config(ConfigError::UnknownPlugin { .. })
-        ),
+        matches!(err, OrchestratorError::Config(ConfigError::UnknownPlugin { .. })),
         "{err}"
     );
     assert!(
@@ -263,11 +231,7 @@ async fn configuration_reaches_the_plugin_and_unknown_plugins_are_refused() {
     );
 
     std::fs::write(&file, "[Configured\nlimit = 3\n").expect("write");
-    let err = Orchestrator::builder()
-        .config_file(&file)
-        .build()
-        .await
-        .unwrap_err();
+    let err = Orchestrator::builder().config_file(&file).build().await.unwrap_err();
     assert!(
         matches!(err, OrchestratorError::Config(ConfigError::Parse { .. })),
         "{err}"
@@ -292,8 +256,7 @@ async fn catalog_serializes_plugins_capabilities_and_health() {
         .build()
         .await
         .expect("builds");
-    orch.set_capability_enabled("b", false)
-        .expect("known capability");
+    orch.set_capability_enabled("b", false).expect("known capability");
     let catalog = serde_json::to_value(orch.catalog()).expect("serializes");
     assert_eq!(catalog["legacy_mode"], true);
     assert_eq!(catalog["plugins"][0]["name"], "Healthy");
@@ -331,11 +294,7 @@ async fn catalog_serializes_plugins_capabilities_and_health() {
 async fn plugins_receive_lifecycle_events_in_order() {
     let plugin = ScriptedPlugin::new("Listener", &["x"], Behaviour::Echo);
     let events = plugin.events.clone();
-    let orch = Orchestrator::builder()
-        .plugin(plugin)
-        .build()
-        .await
-        .expect("builds");
+    let orch = Orchestrator::builder().plugin(plugin).build().await.expect("builds");
     let a = orch
         .register_agent(AgentConfig::default().with_id("e1"))
         .await
@@ -346,15 +305,8 @@ async fn plugins_receive_lifecycle_events_in_order() {
         .expect("registers");
     assert!(eventually(|| events.lock().expect("lock").len() >= 4).await);
     let seen = events.lock().expect("lock").clone();
-    assert!(
-        matches!(&seen[0], OrchestratorEvent::PluginLoaded { plugin, .. } if plugin == "Listener")
-    );
-    assert_eq!(
-        seen[1],
-        OrchestratorEvent::AgentRegistered {
-            agent_id: "e1".into()
-        }
-    );
+    assert!(matches!(&seen[0], OrchestratorEvent::PluginLoaded { plugin, .. } if plugin == "Listener"));
+    assert_eq!(seen[1], OrchestratorEvent::AgentRegistered { agent_id: "e1".into() });
     assert!(matches!(
         &seen[2],
         OrchestratorEvent::AgentStatusChanged {
@@ -362,7 +314,5 @@ async fn plugins_receive_lifecycle_events_in_order() {
             ..
         }
     ));
-    assert!(
-        matches!(&seen[3], OrchestratorEvent::PluginLoaded { plugin, .. } if plugin == "Later")
-    );
+    assert!(matches!(&seen[3], OrchestratorEvent::PluginLoaded { plugin, .. } if plugin == "Later"));
 }

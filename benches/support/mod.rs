@@ -34,10 +34,7 @@ impl OrchestrationPlugin for MinimalPlugin {
     async fn initialize(&self, _host: HostHandle) -> Result<(), PluginError> {
         Ok(())
     }
-    async fn process_request(
-        &self,
-        _request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(&self, _request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         Ok(IntegrationResponse::ok(json!({"ok": true})))
     }
     async fn health_check(&self) -> HealthStatus {
@@ -56,11 +53,7 @@ pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
         ),
         (
             "ContextAwareRoutingPlugin",
-            [
-                "semantic_routing",
-                "agent_profiling",
-                "performance_learning",
-            ],
+            ["semantic_routing", "agent_profiling", "performance_learning"],
         ),
         (
             "SecurityIntegrationPlugin",
@@ -84,19 +77,11 @@ pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
         ),
         (
             "ContextManagementPlugin",
-            [
-                "sleep_wake_cycles",
-                "context_consolidation",
-                "session_management",
-            ],
+            ["sleep_wake_cycles", "context_consolidation", "session_management"],
         ),
         (
             "LoadBalancingPlugin",
-            [
-                "adaptive_balancing",
-                "capacity_management",
-                "resource_optimization",
-            ],
+            ["adaptive_balancing", "capacity_management", "resource_optimization"],
         ),
     ];
     SET.iter().fold(builder, |b, (name, caps)| {

@@ -220,9 +220,7 @@ impl AgentEntry {
     pub(crate) fn end_task(&self) -> u32 {
         let prev = self
             .load
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
-                Some(l.saturating_sub(1))
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| Some(l.saturating_sub(1)))
             .unwrap_or(0);
         prev.saturating_sub(1)
     }
@@ -287,9 +285,7 @@ impl AgentRegistry {
         };
         match id {
             Some(id) => match self.map.entry(id) {
-                Entry::Occupied(o) => Err(AgentError::DuplicateId {
-                    id: o.key().clone(),
-                }),
+                Entry::Occupied(o) => Err(AgentError::DuplicateId { id: o.key().clone() }),
                 Entry::Vacant(v) => {
                     let entry = make(v.key().clone(), name);
                     v.insert(entry.clone());
@@ -323,8 +319,7 @@ impl AgentRegistry {
 
     /// Every entry, sorted by id so that listings are stable.
     pub(crate) fn entries(&self) -> Vec<Arc<AgentEntry>> {
-        let mut all: Vec<Arc<AgentEntry>> =
-            self.map.iter().map(|r| Arc::clone(r.value())).collect();
+        let mut all: Vec<Arc<AgentEntry>> = self.map.iter().map(|r| Arc::clone(r.value())).collect();
         all.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         all
     }
@@ -347,9 +342,7 @@ mod tests {
     #[test]
     fn zero_capacity_is_refused() {
         let reg = AgentRegistry::default();
-        let err = reg
-            .register(AgentConfig::default().with_capacity(0))
-            .unwrap_err();
+        let err = reg.register(AgentConfig::default().with_capacity(0)).unwrap_err();
         assert!(err.to_string().contains("capacity must be at least 1"));
     }
 

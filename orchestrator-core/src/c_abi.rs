@@ -20,10 +20,7 @@
 use crate::error::LoadError;
 use async_trait::async_trait;
 use plugin_api::ffi::PluginManifest;
-use plugin_api::{
-    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
-    PluginError,
-};
+use plugin_api::{HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin, PluginError};
 use std::ffi::{CStr, CString, c_char};
 use std::path::Path;
 
@@ -67,24 +64,16 @@ impl CAbiPlugin {
         // pointers are copied out of the `Symbol`s, valid because the library is never unloaded.
         let symbols = unsafe {
             (
-                library
-                    .get::<AbiVersionFn>(b"orch_plugin_abi_version\0")
-                    .map(|s| *s),
-                library
-                    .get::<ManifestFn>(b"orch_plugin_manifest\0")
-                    .map(|s| *s),
-                library
-                    .get::<ProcessFn>(b"orch_plugin_process\0")
-                    .map(|s| *s),
+                library.get::<AbiVersionFn>(b"orch_plugin_abi_version\0").map(|s| *s),
+                library.get::<ManifestFn>(b"orch_plugin_manifest\0").map(|s| *s),
+                library.get::<ProcessFn>(b"orch_plugin_process\0").map(|s| *s),
                 library.get::<FreeFn>(b"orch_plugin_free\0").map(|s| *s),
             )
         };
         let (abi_version, manifest, process, free) = match symbols {
             (Ok(v), Ok(m), Ok(p), Ok(f)) => (v, m, p, f),
             (Err(_), Err(_), Err(_), Err(_)) => {
-                return Err(LoadError::NoPluginExports {
-                    path: path.to_owned(),
-                });
+                return Err(LoadError::NoPluginExports { path: path.to_owned() });
             }
             (v, m, p, f) => {
                 let missing: Vec<&str> = [
@@ -98,10 +87,7 @@ impl CAbiPlugin {
                 .collect();
                 return Err(LoadError::InitFailed {
                     path: path.to_owned(),
-                    reason: format!(
-                        "it exports part of the C plugin ABI; missing: {}",
-                        missing.join(", ")
-                    ),
+                    reason: format!("it exports part of the C plugin ABI; missing: {}", missing.join(", ")),
                 });
             }
         };
@@ -128,9 +114,7 @@ impl CAbiPlugin {
         let manifest_text = unsafe { CStr::from_ptr(manifest_ptr) }.to_string_lossy();
         let manifest: PluginManifest = serde_json::from_str(&manifest_text).map_err(|e| LoadError::InitFailed {
             path: path.to_owned(),
-            reason: format!(
-                "orch_plugin_manifest is not {{\"name\", \"version\", \"capabilities\": [...]}} JSON: {e}"
-            ),
+            reason: format!("orch_plugin_manifest is not {{\"name\", \"version\", \"capabilities\": [...]}} JSON: {e}"),
         })?;
         Ok(Self {
             entry: Entry { process, free },
@@ -155,16 +139,12 @@ impl Entry {
         // says the plugin only reads it.
         let response = unsafe { (self.process)(request.as_ptr()) };
         if response.is_null() {
-            return Err(PluginError::new(
-                "the C plugin returned NULL from orch_plugin_process",
-            ));
+            return Err(PluginError::new("the C plugin returned NULL from orch_plugin_process"));
         }
         // SAFETY: non-null, and per the ABI a NUL-terminated string the plugin allocated and
         // that stays valid until handed back to `orch_plugin_free`, which happens right after
         // the copy.
-        let text = unsafe { CStr::from_ptr(response) }
-            .to_string_lossy()
-            .into_owned();
+        let text = unsafe { CStr::from_ptr(response) }.to_string_lossy().into_owned();
         // SAFETY: the pointer came from `orch_plugin_process` and is freed exactly once.
         unsafe { (self.free)(response) };
         Ok(text)
@@ -189,16 +169,10 @@ impl OrchestrationPlugin for CAbiPlugin {
         Ok(())
     }
 
-    async fn process_request(
-        &self,
-        request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         let json = serde_json::to_string(&request).map_err(|e| PluginError::new(e.to_string()))?;
-        let json = CString::new(json).map_err(|_| {
-            PluginError::invalid_request(
-                "the request contains a NUL character, which C cannot take",
-            )
-        })?;
+        let json = CString::new(json)
+            .map_err(|_| PluginError::invalid_request("the request contains a NUL character, which C cannot take"))?;
         let entry = self.entry;
         let text = tokio::task::spawn_blocking(move || entry.call(&json))
             .await

@@ -30,8 +30,8 @@ enum ParseFailure {
 }
 
 fn parse_toml(text: &str) -> Result<BTreeMap<String, Value>, ParseFailure> {
-    let table: BTreeMap<String, Value> = toml::from_str(text)
-        .map_err(|e| ParseFailure::Syntax(e.to_string().trim_end().to_owned()))?;
+    let table: BTreeMap<String, Value> =
+        toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string().trim_end().to_owned()))?;
     for (plugin, value) in &table {
         if !value.is_object() {
             return Err(ParseFailure::NotATable(plugin.clone()));

@@ -40,9 +40,7 @@ pub(crate) async fn execute(
         capability = %request.capability,
         correlation_id = %correlation_id,
     );
-    dispatch(inner, request, correlation_id)
-        .instrument(span)
-        .await
+    dispatch(inner, request, correlation_id).instrument(span).await
 }
 
 async fn dispatch(
@@ -111,9 +109,7 @@ async fn dispatch(
             }
             Ok(Err(error)) => {
                 slot.stats.errors.fetch_add(1, Ordering::Relaxed);
-                ProviderFailure::Error {
-                    message: error.message,
-                }
+                ProviderFailure::Error { message: error.message }
             }
             Err(failure) => {
                 let counter = match failure {
@@ -147,17 +143,8 @@ async fn dispatch(
     }
 }
 
-fn serve_legacy(
-    inner: &Inner,
-    request: &IntegrationRequest,
-    correlation_id: String,
-) -> IntegrationResponse {
-    let result = legacy::handle(
-        &request.capability,
-        &request.data,
-        &inner.agents,
-        &inner.round_robin,
-    );
+fn serve_legacy(inner: &Inner, request: &IntegrationRequest, correlation_id: String) -> IntegrationResponse {
+    let result = legacy::handle(&request.capability, &request.data, &inner.agents, &inner.round_robin);
     let mut response = match result {
         Ok(data) => IntegrationResponse::ok(data),
         Err(message) => IntegrationResponse::failure(message),

@@ -100,9 +100,7 @@ pub enum AgentError {
         id: AgentId,
     },
     /// No agent has this id.
-    #[error(
-        "no agent with id `{id}` is registered: check `Orchestrator::agents()` for the registered ids"
-    )]
+    #[error("no agent with id `{id}` is registered: check `Orchestrator::agents()` for the registered ids")]
     NotFound {
         /// The id asked for.
         id: AgentId,
@@ -186,9 +184,7 @@ pub enum RegistryError {
         reason: String,
     },
     /// The plugin's name is empty or too long.
-    #[error(
-        "invalid plugin name {name:?}: a plugin name is 1 to 128 characters with no control characters"
-    )]
+    #[error("invalid plugin name {name:?}: a plugin name is 1 to 128 characters with no control characters")]
     InvalidPluginName {
         /// The name.
         name: String,
@@ -330,9 +326,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A top-level entry of the configuration is not a table.
-    #[error(
-        "configuration for `{plugin}` must be a table (`[{plugin}]` in TOML, an object in JSON)"
-    )]
+    #[error("configuration for `{plugin}` must be a table (`[{plugin}]` in TOML, an object in JSON)")]
     NotATable {
         /// The entry.
         plugin: String,

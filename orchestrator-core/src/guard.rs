@@ -33,9 +33,7 @@ pub(crate) async fn guarded<'a, T>(
 
 /// Like [`guarded`], without a timeout: for the embedder's own code (the agent executor), whose
 /// work may legitimately take long, but whose panic must still not take the host down.
-pub(crate) async fn contained<'a, T>(
-    make: impl FnOnce() -> Boxed<'a, T>,
-) -> Result<T, ProviderFailure> {
+pub(crate) async fn contained<'a, T>(make: impl FnOnce() -> Boxed<'a, T>) -> Result<T, ProviderFailure> {
     let fut = panic::catch_unwind(AssertUnwindSafe(make)).map_err(panic_failure)?;
     CatchUnwind(fut).await.map_err(panic_failure)
 }
@@ -73,10 +71,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounds_a_hang() {
-        let hang = guarded::<()>(Duration::from_millis(10), || {
-            Box::pin(std::future::pending())
-        })
-        .await;
+        let hang = guarded::<()>(Duration::from_millis(10), || Box::pin(std::future::pending())).await;
         assert_eq!(hang, Err(ProviderFailure::Timeout { after_ms: 10 }));
         let fine = guarded(Duration::from_millis(10), || Box::pin(async { 7 })).await;
         assert_eq!(fine, Ok(7));

@@ -13,8 +13,7 @@ use crate::dispatch;
 use crate::error::{DispatchError, OrchestratorError};
 use crate::orchestrator::Inner;
 use plugin_api::{
-    AgentInfo, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse,
-    OrchestratorEvent, PluginError,
+    AgentInfo, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError,
 };
 use serde_json::Value;
 use std::sync::Weak;
@@ -45,22 +44,13 @@ impl Host for CoreHost {
 
     fn agents(&self) -> Vec<AgentInfo> {
         match self.inner.upgrade() {
-            Some(inner) => inner
-                .agents
-                .entries()
-                .iter()
-                .map(|e| e.snapshot().into())
-                .collect(),
+            Some(inner) => inner.agents.entries().iter().map(|e| e.snapshot().into()).collect(),
             None => Vec::new(),
         }
     }
 
     fn agent(&self, id: &str) -> Option<AgentInfo> {
-        self.inner
-            .upgrade()?
-            .agents
-            .get(id)
-            .map(|e| e.snapshot().into())
+        self.inner.upgrade()?.agents.get(id).map(|e| e.snapshot().into())
     }
 
     fn set_agent_status(&self, id: &str, status: AgentStatus) -> Result<(), PluginError> {
@@ -87,9 +77,7 @@ impl Host for CoreHost {
                 )));
             }
             CALL_DEPTH
-                .scope(depth + 1, async move {
-                    dispatch::execute(&inner, request).await
-                })
+                .scope(depth + 1, async move { dispatch::execute(&inner, request).await })
                 .await
                 .map_err(|e| match e {
                     OrchestratorError::Dispatch(DispatchError::InvalidRequest { .. }) => {

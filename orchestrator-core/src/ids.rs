@@ -113,10 +113,7 @@ mod tests {
         assert_eq!(ids.len(), 10_000);
         for id in ids.iter().take(10) {
             assert_eq!(id.len(), 32);
-            assert!(
-                id.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            );
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         }
     }
 

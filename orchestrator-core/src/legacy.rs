@@ -41,11 +41,7 @@ pub(crate) fn handle(
 /// How many entries of the ranking are returned.
 const RANKING_LEN: usize = 10;
 
-fn route_least_loaded(
-    data: &Value,
-    agents: &AgentRegistry,
-    round_robin: &AtomicUsize,
-) -> Result<Value, String> {
+fn route_least_loaded(data: &Value, agents: &AgentRegistry, round_robin: &AtomicUsize) -> Result<Value, String> {
     const EXPECTED: &str = "expected {\"task\": {\"description\": string, \"required_capabilities\"?: [string]}, \"available_agents\"?: [string]}";
     let task = data
         .get("task")
@@ -171,13 +167,8 @@ fn analyse_task(data: &Value, agents: &AgentRegistry) -> Result<Value, String> {
         .collect();
     let steps = plan.len().max(1);
     let complexity =
-        (0.15 * (steps - 1) as f64 + words.len() as f64 / 150.0 + 0.05 * required.len() as f64)
-            .clamp(0.0, 1.0);
-    let mut insights = vec![format!(
-        "{} step(s) identified in {} word(s)",
-        plan.len(),
-        words.len()
-    )];
+        (0.15 * (steps - 1) as f64 + words.len() as f64 / 150.0 + 0.05 * required.len() as f64).clamp(0.0, 1.0);
+    let mut insights = vec![format!("{} step(s) identified in {} word(s)", plan.len(), words.len())];
     if !required.is_empty() {
         insights.push(format!("names agent capabilities: {}", required.join(", ")));
     }
@@ -199,9 +190,7 @@ fn split_steps(text: &str) -> Vec<String> {
     for sentence in text.split(['.', ';', '\n', '!', '?']) {
         let mut current: Vec<&str> = Vec::new();
         for word in sentence.split_whitespace() {
-            let bare = word
-                .trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase();
+            let bare = word.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
             if SEQUENCE_WORDS.contains(&bare.as_str()) && !current.is_empty() {
                 let last = current.last().copied().unwrap_or_default();
                 if last.eq_ignore_ascii_case("and") || last.ends_with(',') {
@@ -269,11 +258,7 @@ mod tests {
         agents
             .register(AgentConfig::default().with_capabilities(["code_review", "deploy"]))
             .expect("registers");
-        let out = analyse_task(
-            &json!({"task_description": "Please review the code"}),
-            &agents,
-        )
-        .expect("ok");
+        let out = analyse_task(&json!({"task_description": "Please review the code"}), &agents).expect("ok");
         assert_eq!(out["required_capabilities"], json!(["code_review"]));
     }
 
@@ -306,21 +291,15 @@ mod tests {
     #[test]
     fn routing_explains_why_nobody_fits() {
         let agents = AgentRegistry::default();
-        agents
-            .register(AgentConfig::default().with_id("a"))
-            .expect("a");
+        agents.register(AgentConfig::default().with_id("a")).expect("a");
         let err = route_least_loaded(
             &json!({"task": {"description": "x", "required_capabilities": ["rust"]}, "available_agents": ["a", "ghost"]}),
             &agents,
             &AtomicUsize::new(0),
         )
         .unwrap_err();
-        assert_eq!(
-            err,
-            "no eligible agent (not registered: ghost; 1 lacking [rust])"
-        );
-        let err =
-            route_least_loaded(&json!({"task": 3}), &agents, &AtomicUsize::new(0)).unwrap_err();
+        assert_eq!(err, "no eligible agent (not registered: ghost; 1 lacking [rust])");
+        let err = route_least_loaded(&json!({"task": 3}), &agents, &AtomicUsize::new(0)).unwrap_err();
         assert!(err.starts_with("missing `task`"), "{err}");
     }
 }

@@ -27,15 +27,13 @@ pub use agents::{Agent, AgentConfig};
 pub use c_abi::C_ABI_VERSION;
 pub use dispatch::LEGACY;
 pub use error::{
-    AgentError, ConfigError, DispatchError, FailedAttempt, LoadError, OrchestratorError,
-    ProviderFailure, RegistryError,
+    AgentError, ConfigError, DispatchError, FailedAttempt, LoadError, OrchestratorError, ProviderFailure, RegistryError,
 };
 pub use executor::{AgentExecutor, DryRunExecutor, ExecutionContext, ExecutorError};
 pub use ids::AgentId;
-pub use loader::{LIBRARY_EXTENSION, PluginAbi, PluginInspection, inspect_plugin};
+pub use loader::{LIBRARY_EXTENSION, OpenedPlugin, PluginAbi, PluginInspection, inspect_plugin, open_plugin};
 pub use orchestrator::{
-    DEFAULT_CALL_TIMEOUT, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, Orchestrator,
-    OrchestratorBuilder,
+    DEFAULT_CALL_TIMEOUT, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, Orchestrator, OrchestratorBuilder,
 };
 pub use plugin_api::AgentStatus;
 pub use registry::{CapabilityInfo, Catalog, PluginInfo, PluginOptions, PluginOrigin};

@@ -51,17 +51,41 @@ pub struct PluginInspection {
     pub manifest: PluginManifest,
 }
 
-/// A library opened and its plugin built, not yet registered.
-pub(crate) struct OpenedPlugin {
+/// A plugin library opened and its plugin built, not registered with any orchestrator: for
+/// tools (`orchestrator plugin check`) and conformance tests that call the plugin directly.
+/// [`Orchestrator::load_plugin`](crate::Orchestrator::load_plugin) is how an application loads
+/// one.
+pub struct OpenedPlugin {
     pub(crate) plugin: Arc<dyn OrchestrationPlugin>,
     pub(crate) inspection: PluginInspection,
+}
+
+impl std::fmt::Debug for OpenedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedPlugin")
+            .field("inspection", &self.inspection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenedPlugin {
+    /// The plugin, callable as any [`OrchestrationPlugin`].
+    pub fn plugin(&self) -> &dyn OrchestrationPlugin {
+        self.plugin.as_ref()
+    }
+
+    /// What the library exports.
+    pub fn inspection(&self) -> &PluginInspection {
+        &self.inspection
+    }
 }
 
 /// The file name suffix of shared libraries on this platform (`so`, `dylib`, `dll`).
 pub const LIBRARY_EXTENSION: &str = std::env::consts::DLL_EXTENSION;
 
-/// Opens the library at `path` and builds its plugin, trying the stable ABI, then the C ABI.
-pub(crate) fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
+/// Opens the plugin library at `path` and builds its plugin, trying the stable ABI, then the
+/// C ABI, without registering it anywhere. The library stays mapped for the life of the process.
+pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
     let path = path.to_owned();
     match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() => {}
@@ -164,10 +188,7 @@ fn library_error(path: &Path, error: LibraryError) -> LoadError {
             let expected = abi_stable::library::AbiHeader::VALUE;
             LoadError::IncompatibleVersion {
                 path,
-                expected: format!(
-                    "abi_stable ABI {}.{}",
-                    expected.abi_major, expected.abi_minor
-                ),
+                expected: format!("abi_stable ABI {}.{}", expected.abi_major, expected.abi_minor),
                 found: format!("abi_stable ABI {}.{}", header.abi_major, header.abi_minor),
             }
         }
@@ -220,10 +241,7 @@ mod tests {
     fn missing_and_non_library_files_have_their_own_errors() {
         let missing = inspect_plugin("/definitely/not/here.so").unwrap_err();
         assert!(matches!(missing, LoadError::NotFound { .. }), "{missing}");
-        assert!(
-            missing.to_string().contains("/definitely/not/here.so"),
-            "{missing}"
-        );
+        assert!(missing.to_string().contains("/definitely/not/here.so"), "{missing}");
         let dir = inspect_plugin(std::env::temp_dir()).unwrap_err();
         assert!(matches!(dir, LoadError::NotALibrary { .. }), "{dir}");
     }

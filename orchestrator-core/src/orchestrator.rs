@@ -16,13 +16,12 @@ use crate::ids::new_correlation_id;
 use crate::legacy;
 use crate::loader::{LIBRARY_EXTENSION, OpenedPlugin, PluginAbi, PluginInspection, open_plugin};
 use crate::registry::{
-    CapabilityInfo, CapabilityRegistry, Catalog, PluginInfo, PluginOptions, PluginOrigin,
-    PluginSlot, lock,
+    CapabilityInfo, CapabilityRegistry, Catalog, PluginInfo, PluginOptions, PluginOrigin, PluginSlot, lock,
 };
 use crate::{AgentId, Task};
 use plugin_api::{
-    AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse,
-    OrchestrationPlugin, OrchestratorEvent, is_valid_capability_name,
+    AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
+    OrchestratorEvent, is_valid_capability_name,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,10 +51,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn plugin_config(&self, plugin: &str) -> Value {
-        lock(&self.configs)
-            .get(plugin)
-            .cloned()
-            .unwrap_or(Value::Null)
+        lock(&self.configs).get(plugin).cloned().unwrap_or(Value::Null)
     }
 
     /// Capabilities that plugins provide, plus those the legacy path serves when it is on.
@@ -121,13 +117,7 @@ impl fmt::Debug for Orchestrator {
             .field("agents", &self.inner.agents.len())
             .field(
                 "plugins",
-                &self
-                    .inner
-                    .registry
-                    .snapshot()
-                    .plugins
-                    .keys()
-                    .collect::<Vec<_>>(),
+                &self.inner.registry.snapshot().plugins.keys().collect::<Vec<_>>(),
             )
             .field("legacy_mode", &self.inner.legacy_mode)
             .field("call_timeout", &self.inner.call_timeout)
@@ -184,11 +174,7 @@ impl Orchestrator {
     }
 
     /// Changes an agent's status (an `AgentStatusChanged` event follows when it changed).
-    pub fn set_agent_status(
-        &self,
-        id: &AgentId,
-        status: AgentStatus,
-    ) -> Result<(), OrchestratorError> {
+    pub fn set_agent_status(&self, id: &AgentId, status: AgentStatus) -> Result<(), OrchestratorError> {
         Ok(self.inner.set_agent_status(id.as_str(), status)?)
     }
 
@@ -199,12 +185,7 @@ impl Orchestrator {
 
     /// Snapshots of every agent, sorted by id.
     pub fn agents(&self) -> Vec<Agent> {
-        self.inner
-            .agents
-            .entries()
-            .iter()
-            .map(|e| e.snapshot())
-            .collect()
+        self.inner.agents.entries().iter().map(|e| e.snapshot()).collect()
     }
 
     /// How many agents are registered.
@@ -267,10 +248,7 @@ impl Orchestrator {
     /// Loads every shared library (`*.so`, `*.dylib` or `*.dll`, as the platform names them) in
     /// `dir`, in file-name order, and reports on each file: loaded, failed (and why), or skipped
     /// (not a library). One bad file does not stop the others.
-    pub fn load_plugin_dir(
-        &self,
-        dir: impl AsRef<Path>,
-    ) -> impl Future<Output = LoadReport> + Send + 'static {
+    pub fn load_plugin_dir(&self, dir: impl AsRef<Path>) -> impl Future<Output = LoadReport> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         let dir = dir.as_ref().to_owned();
         async move {
@@ -282,22 +260,17 @@ impl Orchestrator {
             let files = match library_files(&dir) {
                 Ok(files) => files,
                 Err(e) => {
-                    report.error = Some(format!(
-                        "cannot read plugin directory {}: {e}",
-                        dir.display()
-                    ));
+                    report.error = Some(format!("cannot read plugin directory {}: {e}", dir.display()));
                     return report;
                 }
             };
             for (path, is_library) in files {
                 let outcome = if is_library {
                     match open_library(path.clone()).await {
-                        Ok(opened) => {
-                            match register_opened(&inner, opened, PluginOptions::new()).await {
-                                Ok(loaded) => LoadOutcome::Loaded(loaded),
-                                Err(e) => LoadOutcome::Failed(e.to_string()),
-                            }
-                        }
+                        Ok(opened) => match register_opened(&inner, opened, PluginOptions::new()).await {
+                            Ok(loaded) => LoadOutcome::Loaded(loaded),
+                            Err(e) => LoadOutcome::Failed(e.to_string()),
+                        },
                         Err(e) => LoadOutcome::Failed(e.to_string()),
                     }
                 } else {
@@ -343,32 +316,19 @@ impl Orchestrator {
 
     /// Whether some plugin provides `capability` (enabled or not).
     pub fn has_capability(&self, capability: &str) -> bool {
-        self.inner
-            .registry
-            .snapshot()
-            .routes
-            .contains_key(capability)
+        self.inner.registry.snapshot().routes.contains_key(capability)
     }
 
     /// Switches a capability on or off. A disabled capability skips its plugins and goes to
     /// the legacy path (or fails, if the legacy path does not serve it).
-    pub fn set_capability_enabled(
-        &self,
-        capability: &str,
-        enabled: bool,
-    ) -> Result<(), OrchestratorError> {
+    pub fn set_capability_enabled(&self, capability: &str, enabled: bool) -> Result<(), OrchestratorError> {
         let legacy_known = self.inner.legacy_mode && legacy::serves(capability);
-        let changed = self
-            .inner
-            .registry
-            .set_enabled(capability, enabled, legacy_known)?;
+        let changed = self.inner.registry.set_enabled(capability, enabled, legacy_known)?;
         if changed {
-            self.inner
-                .events
-                .emit(OrchestratorEvent::CapabilityToggled {
-                    capability: capability.to_owned(),
-                    enabled,
-                });
+            self.inner.events.emit(OrchestratorEvent::CapabilityToggled {
+                capability: capability.to_owned(),
+                enabled,
+            });
         }
         Ok(())
     }
@@ -501,23 +461,21 @@ impl Orchestrator {
     }
 }
 
-fn validate_plugin(
-    plugin: &dyn OrchestrationPlugin,
-) -> Result<(String, Vec<String>), RegistryError> {
+fn validate_plugin(plugin: &dyn OrchestrationPlugin) -> Result<(String, Vec<String>), RegistryError> {
     let name = plugin.name().to_owned();
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(RegistryError::InvalidPluginName { name });
     }
     let capabilities =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.capabilities())).map_err(
-            |payload| RegistryError::InvalidCapabilities {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plugin.capabilities())).map_err(|payload| {
+            RegistryError::InvalidCapabilities {
                 plugin: name.clone(),
                 reason: format!(
                     "capabilities() panicked: {}",
                     crate::guard::panic_message(payload.as_ref())
                 ),
-            },
-        )?;
+            }
+        })?;
     if capabilities.is_empty() {
         return Err(RegistryError::InvalidCapabilities {
             plugin: name,
@@ -570,11 +528,7 @@ pub(crate) async fn register(
         Err(failure) => Some(failure.to_string()),
     };
     if let Some(reason) = reason {
-        return Err(RegistryError::InitializeFailed {
-            plugin: name,
-            reason,
-        }
-        .into());
+        return Err(RegistryError::InitializeFailed { plugin: name, reason }.into());
     }
     slot.set_health(check_health(&slot.plugin, inner.call_timeout).await);
 
@@ -736,23 +690,13 @@ impl LoadReport {
     }
 }
 
-async fn select_agent(
-    inner: &Inner,
-    task: &Task,
-    candidates: &[AgentId],
-) -> Result<AgentId, OrchestratorError> {
+async fn select_agent(inner: &Inner, task: &Task, candidates: &[AgentId]) -> Result<AgentId, OrchestratorError> {
     let data = routing_request(task, candidates);
-    let response = dispatch::execute(
-        inner,
-        IntegrationRequest::new("semantic_routing", data.clone()),
-    )
-    .await?;
+    let response = dispatch::execute(inner, IntegrationRequest::new("semantic_routing", data.clone())).await?;
     if !response.success {
         return Err(AgentError::NoEligibleAgent {
             task: task.id.clone(),
-            reason: response
-                .error
-                .unwrap_or_else(|| "the router gave no reason".into()),
+            reason: response.error.unwrap_or_else(|| "the router gave no reason".into()),
         }
         .into());
     }
@@ -772,11 +716,12 @@ async fn select_agent(
                 correlation_id: response.correlation_id.clone(),
             });
             let fallback =
-                legacy::handle("semantic_routing", &data, &inner.agents, &inner.round_robin)
-                    .map_err(|reason| AgentError::NoEligibleAgent {
+                legacy::handle("semantic_routing", &data, &inner.agents, &inner.round_robin).map_err(|reason| {
+                    AgentError::NoEligibleAgent {
                         task: task.id.clone(),
                         reason,
-                    })?;
+                    }
+                })?;
             let selected = fallback
                 .get("selected_agent")
                 .and_then(Value::as_str)
@@ -812,12 +757,7 @@ fn routing_request(task: &Task, candidates: &[AgentId]) -> Value {
     data
 }
 
-fn check_selection(
-    inner: &Inner,
-    task: &Task,
-    candidates: &[AgentId],
-    selected: &str,
-) -> Result<AgentId, String> {
+fn check_selection(inner: &Inner, task: &Task, candidates: &[AgentId], selected: &str) -> Result<AgentId, String> {
     if selected.is_empty() {
         return Err("the answer has no `selected_agent`".into());
     }
@@ -828,11 +768,7 @@ fn check_selection(
     if entry.status() == AgentStatus::Offline {
         return Err("it is offline".into());
     }
-    if let Some(missing) = task
-        .required_capabilities
-        .iter()
-        .find(|c| !entry.has_capability(c))
-    {
+    if let Some(missing) = task.required_capabilities.iter().find(|c| !entry.has_capability(c)) {
         return Err(format!("it lacks the required capability `{missing}`"));
     }
     Ok(entry.id.clone())
@@ -888,10 +824,9 @@ pub(crate) async fn run_agent_task(
         .find_map(|key| data.get(*key).and_then(Value::as_str));
     let analysis = match description {
         Some(text) => {
-            let request =
-                IntegrationRequest::new("extended_thinking", json!({ "task_description": text }))
-                    .with_agent(agent.as_str())
-                    .with_correlation_id(correlation_id.clone());
+            let request = IntegrationRequest::new("extended_thinking", json!({ "task_description": text }))
+                .with_agent(agent.as_str())
+                .with_correlation_id(correlation_id.clone());
             let response = dispatch::execute(inner, request).await?;
             response.success.then_some(response.data)
         }
@@ -997,11 +932,7 @@ impl OrchestratorBuilder {
     }
 
     /// Adds a plugin with explicit [`PluginOptions`].
-    pub fn plugin_with<P: OrchestrationPlugin>(
-        mut self,
-        plugin: P,
-        options: PluginOptions,
-    ) -> Self {
+    pub fn plugin_with<P: OrchestrationPlugin>(mut self, plugin: P, options: PluginOptions) -> Self {
         self.plugins.push((Arc::new(plugin), options));
         self
     }
@@ -1009,8 +940,7 @@ impl OrchestratorBuilder {
     /// Loads a plugin library at build (see [`Orchestrator::load_plugin`]); a failure fails
     /// the build.
     pub fn load_plugin(mut self, path: impl AsRef<Path>) -> Self {
-        self.libraries
-            .push(LibrarySource::File(path.as_ref().to_owned()));
+        self.libraries.push(LibrarySource::File(path.as_ref().to_owned()));
         self
     }
 
@@ -1018,8 +948,7 @@ impl OrchestratorBuilder {
     /// platform's library extension are skipped, and any library that fails to load fails the
     /// build (use [`Orchestrator::load_plugin_dir`] for a lenient, reported load).
     pub fn plugin_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.libraries
-            .push(LibrarySource::Dir(dir.as_ref().to_owned()));
+        self.libraries.push(LibrarySource::Dir(dir.as_ref().to_owned()));
         self
     }
 
@@ -1092,10 +1021,7 @@ impl OrchestratorBuilder {
             .collect();
         for (plugin, value) in &configs {
             if !value.is_object() {
-                return Err(ConfigError::NotATable {
-                    plugin: plugin.clone(),
-                }
-                .into());
+                return Err(ConfigError::NotATable { plugin: plugin.clone() }.into());
             }
             if !plugin_names.contains(plugin) {
                 return Err(ConfigError::UnknownPlugin {
@@ -1119,9 +1045,7 @@ impl OrchestratorBuilder {
             started: Instant::now(),
             executor: self.executor,
             configs: Mutex::new(configs),
-            host: Arc::new(CoreHost {
-                inner: weak.clone(),
-            }),
+            host: Arc::new(CoreHost { inner: weak.clone() }),
         });
         for (plugin, options) in self.plugins {
             register(&inner, plugin, options, PluginOrigin::Static).await?;

@@ -197,26 +197,17 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn rebuild_routes(
-        plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>,
-    ) -> HashMap<String, Arc<Route>> {
+    fn rebuild_routes(plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>) -> HashMap<String, Arc<Route>> {
         let mut routes: HashMap<String, Vec<Arc<PluginSlot>>> = HashMap::new();
         for slot in plugins.values() {
             for cap in &slot.capabilities {
-                routes
-                    .entry(cap.clone())
-                    .or_default()
-                    .push(Arc::clone(slot));
+                routes.entry(cap.clone()).or_default().push(Arc::clone(slot));
             }
         }
         routes
             .into_iter()
             .map(|(cap, mut providers)| {
-                providers.sort_by(|a, b| {
-                    b.priority
-                        .cmp(&a.priority)
-                        .then_with(|| a.name.cmp(&b.name))
-                });
+                providers.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
                 let route = Route {
                     capability: Arc::from(cap.as_str()),
                     providers,
@@ -256,11 +247,7 @@ impl CapabilityRegistry {
     }
 
     /// Checks whether `slot` could be inserted now, without inserting it.
-    pub(crate) fn check_insert(
-        &self,
-        slot: &PluginSlot,
-        replace: bool,
-    ) -> Result<(), RegistryError> {
+    pub(crate) fn check_insert(&self, slot: &PluginSlot, replace: bool) -> Result<(), RegistryError> {
         check_insert(&self.current.load(), slot, replace)
     }
 
@@ -289,12 +276,10 @@ impl CapabilityRegistry {
         let _writer = lock(&self.writer);
         let old = self.current.load_full();
         let mut plugins = old.plugins.clone();
-        let removed = plugins
-            .remove(name)
-            .ok_or_else(|| RegistryError::PluginNotFound {
-                name: name.to_owned(),
-                known: old.plugins.keys().map(|k| k.to_string()).collect(),
-            })?;
+        let removed = plugins.remove(name).ok_or_else(|| RegistryError::PluginNotFound {
+            name: name.to_owned(),
+            known: old.plugins.keys().map(|k| k.to_string()).collect(),
+        })?;
         let routes = Snapshot::rebuild_routes(&plugins);
         self.current.store(Arc::new(Snapshot {
             plugins,
@@ -337,11 +322,7 @@ impl CapabilityRegistry {
     }
 }
 
-fn check_insert(
-    snapshot: &Snapshot,
-    slot: &PluginSlot,
-    replace: bool,
-) -> Result<(), RegistryError> {
+fn check_insert(snapshot: &Snapshot, slot: &PluginSlot, replace: bool) -> Result<(), RegistryError> {
     if !replace && snapshot.plugins.contains_key(&*slot.name) {
         return Err(RegistryError::DuplicatePlugin {
             name: slot.name.to_string(),

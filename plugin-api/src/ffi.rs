@@ -31,16 +31,15 @@
 #![allow(non_local_definitions)]
 
 use crate::{
-    AgentInfo, AgentStatus, BoxFuture, HealthStatus, Host, HostHandle, IntegrationRequest,
-    IntegrationResponse, OrchestrationPlugin, OrchestratorEvent, PluginError,
+    AgentInfo, AgentStatus, BoxFuture, HealthStatus, Host, HostHandle, IntegrationRequest, IntegrationResponse,
+    OrchestrationPlugin, OrchestratorEvent, PluginError,
 };
 use abi_stable::library::RootModule;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RBox, ROption, RResult, RStr, RString};
 use abi_stable::{
-    StableAbi, declare_root_module_statics, package_version_strings, sabi_trait,
-    sabi_types::VersionStrings,
+    StableAbi, declare_root_module_statics, package_version_strings, sabi_trait, sabi_types::VersionStrings,
 };
 use async_ffi::FfiFuture;
 use async_trait::async_trait;
@@ -178,10 +177,7 @@ pub fn decode_error(text: &str) -> PluginError {
 }
 
 fn panicked(payload: Box<dyn Any + Send>) -> PluginError {
-    PluginError::new(format!(
-        "plugin panicked: {}",
-        panic_message(payload.as_ref())
-    ))
+    PluginError::new(format!("plugin panicked: {}", panic_message(payload.as_ref())))
 }
 
 /// Runs `make`'s future to completion with panics (at creation and while polled) contained.
@@ -234,11 +230,8 @@ impl<P: OrchestrationPlugin> FfiPlugin for ExportedPlugin<P> {
         let plugin = Arc::clone(&self.plugin);
         FfiFuture::new(async move {
             let result = contained(|| async move {
-                let request: IntegrationRequest = serde_json::from_str(&request).map_err(|e| {
-                    PluginError::invalid_request(format!(
-                        "request is not an IntegrationRequest: {e}"
-                    ))
-                })?;
+                let request: IntegrationRequest = serde_json::from_str(&request)
+                    .map_err(|e| PluginError::invalid_request(format!("request is not an IntegrationRequest: {e}")))?;
                 let response = plugin.process_request(request).await?;
                 serde_json::to_string(&response)
                     .map_err(|e| PluginError::new(format!("response does not serialize: {e}")))
@@ -301,13 +294,9 @@ pub fn new_exported_plugin<P: OrchestrationPlugin>(constructor: fn() -> P) -> Ne
             },
             TD_Opaque,
         )),
-        Err(payload) => RResult::RErr(
-            format!(
-                "the plugin constructor panicked: {}",
-                panic_message(payload.as_ref())
-            )
-            .into(),
-        ),
+        Err(payload) => {
+            RResult::RErr(format!("the plugin constructor panicked: {}", panic_message(payload.as_ref())).into())
+        }
     }
 }
 
@@ -358,9 +347,8 @@ impl Host for ForeignHost {
         let call = self.ffi.call(json.into());
         Box::pin(async move {
             match call.await.into_result() {
-                Ok(json) => serde_json::from_str(&json).map_err(|e| {
-                    PluginError::new(format!("host answered with an unreadable response: {e}"))
-                }),
+                Ok(json) => serde_json::from_str(&json)
+                    .map_err(|e| PluginError::new(format!("host answered with an unreadable response: {e}"))),
                 Err(e) => Err(decode_error(&e)),
             }
         })
@@ -544,18 +532,12 @@ impl OrchestrationPlugin for ForeignPlugin {
             .map_err(|e| decode_error(&e))
     }
 
-    async fn process_request(
-        &self,
-        request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         let json = serde_json::to_string(&request).map_err(|e| PluginError::new(e.to_string()))?;
         let answer = self.ffi.process_request(json.into()).await.into_result();
         match answer {
-            Ok(json) => serde_json::from_str(&json).map_err(|e| {
-                PluginError::new(format!(
-                    "the plugin answered with an unreadable response: {e}"
-                ))
-            }),
+            Ok(json) => serde_json::from_str(&json)
+                .map_err(|e| PluginError::new(format!("the plugin answered with an unreadable response: {e}"))),
             Err(e) => Err(decode_error(&e)),
         }
     }
@@ -641,10 +623,7 @@ mod tests {
 
     #[test]
     fn root_module_symbol_matches_abi_stable() {
-        assert_eq!(
-            ROOT_MODULE_SYMBOL,
-            abi_stable::library::ROOT_MODULE_LOADER_NAME
-        );
+        assert_eq!(ROOT_MODULE_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
     }
 
     #[test]

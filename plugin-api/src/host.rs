@@ -6,9 +6,7 @@
 //! `tokio::spawn` or `tokio::time::sleep` from it fails with "no reactor running". Asking the
 //! host instead works the same whether the plugin is linked statically or dynamically.
 
-use crate::{
-    AgentInfo, AgentStatus, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError,
-};
+use crate::{AgentInfo, AgentStatus, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError};
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
@@ -98,10 +96,7 @@ impl HostHandle {
     }
 
     /// Calls another capability through the orchestrator.
-    pub fn call(
-        &self,
-        request: IntegrationRequest,
-    ) -> BoxFuture<'static, Result<IntegrationResponse, PluginError>> {
+    pub fn call(&self, request: IntegrationRequest) -> BoxFuture<'static, Result<IntegrationResponse, PluginError>> {
         self.host.call(&self.plugin, request)
     }
 

@@ -40,6 +40,8 @@ mod health;
 mod host;
 mod message;
 mod plugin;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use agent::{AgentInfo, AgentStatus, ParseAgentStatusError};
 pub use error::{PluginError, PluginErrorKind};
@@ -83,8 +85,8 @@ pub fn is_valid_capability_name(name: &str) -> bool {
 /// Everything a plugin author usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        AgentInfo, AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse,
-        OrchestrationPlugin, OrchestratorEvent, PluginError, async_trait,
+        AgentInfo, AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
+        OrchestratorEvent, PluginError, async_trait,
     };
 }
 

@@ -1,9 +1,6 @@
 //! The trait every capability plugin implements.
 
-use crate::{
-    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestratorEvent,
-    PluginError,
-};
+use crate::{HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError};
 use async_trait::async_trait;
 
 /// A capability plugin: a named provider of one or more capabilities.
@@ -32,10 +29,7 @@ pub trait OrchestrationPlugin: Send + Sync + 'static {
     async fn initialize(&self, host: HostHandle) -> Result<(), PluginError>;
 
     /// Serves one request for one of [`capabilities`](Self::capabilities).
-    async fn process_request(
-        &self,
-        request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError>;
+    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError>;
 
     /// Says whether the plugin can serve.
     async fn health_check(&self) -> HealthStatus;

@@ -75,22 +75,14 @@ impl OrchestrationPlugin for ScriptedPlugin {
         Ok(())
     }
 
-    async fn process_request(
-        &self,
-        request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match self.behaviour {
             Behaviour::Echo => {}
             Behaviour::Fail => return Err(PluginError::new(format!("{} is broken", self.name))),
             Behaviour::Panic => panic!("{} panicked on purpose", self.name),
             Behaviour::Hang => {
-                let host = self
-                    .host
-                    .lock()
-                    .expect("lock")
-                    .clone()
-                    .expect("initialized");
+                let host = self.host.lock().expect("lock").clone().expect("initialized");
                 host.sleep(Duration::from_secs(3600)).await;
             }
             Behaviour::Strict => {
@@ -137,13 +129,8 @@ impl OrchestrationPlugin for FixedRouter {
     async fn initialize(&self, _host: HostHandle) -> Result<(), PluginError> {
         Ok(())
     }
-    async fn process_request(
-        &self,
-        _request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError> {
-        Ok(IntegrationResponse::ok(
-            json!({"selected_agent": self.0, "score": 1.0}),
-        ))
+    async fn process_request(&self, _request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+        Ok(IntegrationResponse::ok(json!({"selected_agent": self.0, "score": 1.0})))
     }
     async fn health_check(&self) -> HealthStatus {
         HealthStatus::healthy()

@@ -68,13 +68,9 @@ impl OrchestrationPlugin for TextToolsPlugin {
             Value::Object(map) => {
                 for (key, value) in &map {
                     match (key.as_str(), value.as_u64()) {
-                        ("top", Some(n)) if n > 0 => {
-                            self.default_top.store(n as usize, Ordering::Relaxed)
-                        }
+                        ("top", Some(n)) if n > 0 => self.default_top.store(n as usize, Ordering::Relaxed),
                         ("top", _) => {
-                            return Err(PluginError::new(
-                                "TextToolsPlugin: `top` must be a positive integer",
-                            ));
+                            return Err(PluginError::new("TextToolsPlugin: `top` must be a positive integer"));
                         }
                         (other, _) => {
                             return Err(PluginError::new(format!(
@@ -85,23 +81,15 @@ impl OrchestrationPlugin for TextToolsPlugin {
                 }
                 Ok(())
             }
-            _ => Err(PluginError::new(
-                "TextToolsPlugin: configuration must be a table",
-            )),
+            _ => Err(PluginError::new("TextToolsPlugin: configuration must be a table")),
         }
     }
 
-    async fn process_request(
-        &self,
-        request: IntegrationRequest,
-    ) -> Result<IntegrationResponse, PluginError> {
+    async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         match request.capability.as_str() {
             "text_stats" => {
                 let text = text_of(&request.data)?;
-                let sentences = text
-                    .split(['.', '!', '?'])
-                    .filter(|s| !s.trim().is_empty())
-                    .count();
+                let sentences = text.split(['.', '!', '?']).filter(|s| !s.trim().is_empty()).count();
                 Ok(IntegrationResponse::ok(json!({
                     "words": words(text).count(),
                     "sentences": sentences,
@@ -112,9 +100,11 @@ impl OrchestrationPlugin for TextToolsPlugin {
                 let text = text_of(&request.data)?;
                 let top = match request.data.get("top") {
                     None => self.default_top.load(Ordering::Relaxed),
-                    Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-                        PluginError::invalid_request("`top` must be a positive integer")
-                    })? as usize,
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| PluginError::invalid_request("`top` must be a positive integer"))?
+                        as usize,
                 };
                 let mut counts: BTreeMap<String, u64> = BTreeMap::new();
                 for word in words(text).filter(|w| w.chars().count() >= 4) {
