@@ -256,8 +256,11 @@ async fn every_kind_of_bad_file_has_its_own_clear_error() {
     let OrchestratorError::Load(LoadError::IncompatibleVersion { expected, found, .. }) = &err else {
         panic!("unexpected error: {err}");
     };
-    assert_eq!(found, "0.0.1");
-    assert_eq!(expected, orchestrator::plugin_api::API_VERSION);
+    assert_eq!(found, "plugin-api 0.0.1");
+    assert_eq!(
+        expected,
+        &format!("plugin-api {}", orchestrator::plugin_api::API_VERSION)
+    );
     assert!(err.to_string().lines().count() == 1, "one line: {err}");
     assert!(err.to_string().contains("rebuild the plugin"), "{err}");
 

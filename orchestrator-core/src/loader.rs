@@ -104,8 +104,8 @@ pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
             if !api_versions_compatible(expected, &found) {
                 return Err(LoadError::IncompatibleVersion {
                     path,
-                    expected: expected.to_owned(),
-                    found,
+                    expected: format!("plugin-api {expected}"),
+                    found: format!("plugin-api {found}"),
                 });
             }
             let module = header
@@ -181,8 +181,8 @@ fn library_error(path: &Path, error: LibraryError) -> LoadError {
             ..
         } => LoadError::IncompatibleVersion {
             path,
-            expected: expected_version.to_string(),
-            found: actual_version.to_string(),
+            expected: format!("plugin-api {expected_version}"),
+            found: format!("plugin-api {actual_version}"),
         },
         LibraryError::InvalidAbiHeader(header) => {
             let expected = abi_stable::library::AbiHeader::VALUE;
