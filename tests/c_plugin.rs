@@ -74,7 +74,46 @@ async fn a_c_plugin_loads_and_its_answers_round_trip() {
 
     let inspection = inspect_plugin(&path).expect("inspects");
     assert_eq!(inspection.abi, PluginAbi::CAbi);
+    assert!(inspection.manifest.nonblocking, "the example promises not to block");
     assert_eq!(inspection.manifest.capabilities, ["c_text_stats"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Without the `nonblocking` promise, calls go through the blocking pool, where a call that
+/// takes too long is abandoned at the call timeout while the host keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_c_plugin_is_cut_off_by_the_call_timeout() {
+    let dir = temp_dir("slow");
+    let path = compile_c_plugin(
+        &dir,
+        "libc_slow_plugin.so",
+        &["-DORCH_BLOCKING_CALLS", "-DORCH_SLOW_MS=1500"],
+    );
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .call_timeout(std::time::Duration::from_millis(100))
+        .build()
+        .await
+        .expect("builds");
+    orch.load_plugin(&path).await.expect("loads");
+    assert!(!inspect_plugin(&path).expect("inspects").manifest.nonblocking);
+    let start = std::time::Instant::now();
+    let err = orch
+        .execute(IntegrationRequest::new("c_text_stats", json!({"text": "slow"})))
+        .await
+        .unwrap_err();
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(1000),
+        "abandoned, not waited for"
+    );
+    assert!(err.to_string().contains("timed out after 100 ms"), "{err}");
+    let ok = orch
+        .execute(IntegrationRequest::new(
+            "c_text_stats",
+            json!({"text": "still serving"}),
+        ))
+        .await;
+    assert_eq!(ok.expect("served").data["words"], 2);
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -7,13 +7,23 @@
  * Build:  cc -shared -fPIC -O2 -o libc_text_plugin.so examples/c-plugin/plugin.c
  * Load:   orchestrator.load_plugin("libc_text_plugin.so")  (tests/c_plugin.rs does both)
  *
- * The four functions below are the whole ABI. Define ORCH_ABI_VERSION to build a plugin for
- * another ABI version (the tests use that to check the host refuses it).
+ * The four functions below are the whole ABI. Its manifest declares "nonblocking": true, a
+ * promise that orch_plugin_process returns promptly, so the host calls it directly on its async
+ * threads; without it the host calls through its blocking thread pool, slower but able to
+ * abandon a call that hangs.
+ *
+ * Build switches, used by the tests and the bench:
+ *   -DORCH_ABI_VERSION=2      claim another ABI version (the host must refuse the plugin)
+ *   -DORCH_BLOCKING_CALLS     leave "nonblocking" out of the manifest
+ *   -DORCH_SLOW_MS=N          sleep N ms before answering a request whose text is "slow"
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef ORCH_SLOW_MS
+#include <time.h>
+#endif
 
 #ifndef ORCH_ABI_VERSION
 #define ORCH_ABI_VERSION 1
@@ -21,8 +31,14 @@
 
 uint32_t orch_plugin_abi_version(void) { return ORCH_ABI_VERSION; }
 
+#ifdef ORCH_BLOCKING_CALLS
+#define NONBLOCKING ""
+#else
+#define NONBLOCKING ",\"nonblocking\":true"
+#endif
+
 const char *orch_plugin_manifest(void) {
-    return "{\"name\":\"CTextPlugin\",\"version\":\"1.0.0\",\"capabilities\":[\"c_text_stats\"]}";
+    return "{\"name\":\"CTextPlugin\",\"version\":\"1.0.0\",\"capabilities\":[\"c_text_stats\"]" NONBLOCKING "}";
 }
 
 /* Finds `"key"` followed by optional spaces and a colon; returns a pointer after the colon. */
@@ -90,6 +106,12 @@ char *orch_plugin_process(const char *request) {
     const char *text_at = data ? find_key(data, "text") : NULL;
     char *text = text_at ? decode_string(text_at) : NULL;
     if (!text) return answer("{\"success\":false,\"error\":\"expected {\\\"text\\\": string}\"}");
+#ifdef ORCH_SLOW_MS
+    if (strcmp(text, "slow") == 0) {
+        struct timespec pause = {ORCH_SLOW_MS / 1000, (ORCH_SLOW_MS % 1000) * 1000000L};
+        nanosleep(&pause, NULL);
+    }
+#endif
 
     unsigned long words = 0, lines = 0, bytes = 0;
     int in_word = 0;

@@ -132,6 +132,11 @@ pub struct PluginManifest {
     pub version: String,
     /// The capabilities it serves.
     pub capabilities: Vec<String>,
+    /// C ABI only: the plugin promises that `orch_plugin_process` returns promptly and never
+    /// blocks, so the host may call it directly on its async threads (faster) rather than on
+    /// its blocking pool (where a call that hangs can be abandoned). Ignored for the stable ABI.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nonblocking: bool,
 }
 
 // ----- panic containment ------------------------------------------------------------------
@@ -203,6 +208,7 @@ impl<P: OrchestrationPlugin> FfiPlugin for ExportedPlugin<P> {
             name: plugin.name().to_owned(),
             version: plugin.version().to_owned(),
             capabilities: plugin.capabilities(),
+            nonblocking: false,
         }));
         match manifest {
             Ok(m) => match serde_json::to_string(&m) {
