@@ -44,6 +44,12 @@ fn inspect_fails_with_a_clear_message_when_the_host_cannot_load_it() {
     let (code, _, stderr) = orchestrator(&["plugin", "inspect", "/no/such/plugin.so"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("/no/such/plugin.so"), "{stderr}");
+    let mismatch = common::plugin_library("layout-mismatch-plugin");
+    let (code, _, short) = orchestrator(&["plugin", "inspect", mismatch.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1);
+    assert!(short.contains("--verbose"), "{short}");
+    let (_, _, long) = orchestrator(&["plugin", "inspect", "--verbose", mismatch.to_str().expect("utf-8 path")]);
+    assert!(long.lines().count() > short.lines().count() + 5, "{long}");
     let (code, _, _) = orchestrator(&["plugin", "inspect"]);
     assert_eq!(code, 2, "usage error");
 }

@@ -264,6 +264,19 @@ async fn every_kind_of_bad_file_has_its_own_clear_error() {
     assert!(err.to_string().lines().count() == 1, "one line: {err}");
     assert!(err.to_string().contains("rebuild the plugin"), "{err}");
 
+    let mismatch = plugin_library("layout-mismatch-plugin");
+    let err = orch.load_plugin(&mismatch).await.unwrap_err();
+    let OrchestratorError::Load(LoadError::IncompatibleLayout { summary, details, .. }) = &err else {
+        panic!("unexpected error: {err}");
+    };
+    assert_eq!(err.to_string().lines().count(), 1, "one line: {err}");
+    assert!(err.to_string().contains(&*mismatch.to_string_lossy()), "{err}");
+    assert_eq!(
+        summary,
+        "expected PluginModule from plugin-api 0.1.0, found OldPluginModule from layout-mismatch-plugin 0.1.0"
+    );
+    assert!(details.lines().count() > 5, "the full report is kept: {details}");
+
     assert!(orch.plugins().is_empty(), "nothing half-registered");
     std::fs::remove_dir_all(&dir).ok();
 }

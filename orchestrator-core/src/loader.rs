@@ -211,16 +211,20 @@ fn library_error(path: &Path, error: LibraryError) -> LoadError {
     }
 }
 
-/// The first informative line of `abi_stable`'s layout report.
+/// One line out of `abi_stable`'s layout report: the first mismatching type expected and found
+/// (`expected PluginModule from plugin-api 0.1.0, found OldPluginModule from ...`).
 fn layout_summary(details: &str) -> String {
-    details
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("the plugin's types differ from the host's")
-        .chars()
-        .take(200)
-        .collect()
+    let describe = |marker: &str| -> Option<String> {
+        let mut lines = details.split(marker).nth(1)?.lines().map(str::trim);
+        let ty = lines.find_map(|l| l.strip_prefix("type:"))?.to_owned();
+        let package = lines.find_map(|l| l.strip_prefix("package:"))?;
+        let package = package.replace("' version:'", " ").replace('\'', "");
+        Some(format!("{ty} from {package}"))
+    };
+    match (describe("Layout of expected type:"), describe("Layout of found type:")) {
+        (Some(expected), Some(found)) => format!("expected {expected}, found {found}"),
+        _ => "the root module's layout differs".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +239,16 @@ mod tests {
         assert!(api_versions_compatible("1.2.0", "1.0.0"));
         assert!(!api_versions_compatible("1.2.0", "2.0.0"));
         assert!(!api_versions_compatible("0.1.0", "garbage"));
+    }
+
+    #[test]
+    fn layout_summary_names_both_types() {
+        let report = "Compared <this>:\n...\nLayout of expected type:\n    --- Type Layout ---\n    type:PluginModule\n    size:8 align:8\n    package:'plugin-api' version:'0.1.0'\n\nLayout of found type:\n    --- Type Layout ---\n    type:OldPluginModule\n    package:'old' version:'0.1.0'\n";
+        assert_eq!(
+            layout_summary(report),
+            "expected PluginModule from plugin-api 0.1.0, found OldPluginModule from old 0.1.0"
+        );
+        assert_eq!(layout_summary("garbled"), "the root module's layout differs");
     }
 
     #[test]
