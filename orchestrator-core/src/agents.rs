@@ -317,6 +317,18 @@ impl AgentRegistry {
         self.map.len()
     }
 
+    /// Every entry, in no particular order: for hot paths that order the result themselves.
+    pub(crate) fn entries_unordered(&self) -> Vec<Arc<AgentEntry>> {
+        self.map.iter().map(|r| Arc::clone(r.value())).collect()
+    }
+
+    /// Visits every entry (the caller holds no map guard of its own).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&AgentEntry)) {
+        for r in self.map.iter() {
+            f(r.value());
+        }
+    }
+
     /// Every entry, sorted by id so that listings are stable.
     pub(crate) fn entries(&self) -> Vec<Arc<AgentEntry>> {
         let mut all: Vec<Arc<AgentEntry>> = self.map.iter().map(|r| Arc::clone(r.value())).collect();

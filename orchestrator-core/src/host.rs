@@ -13,7 +13,8 @@ use crate::dispatch;
 use crate::error::{DispatchError, OrchestratorError};
 use crate::orchestrator::Inner;
 use plugin_api::{
-    AgentInfo, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError,
+    AgentInfo, AgentLoad, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse, OrchestratorEvent,
+    PluginError,
 };
 use serde_json::Value;
 use std::sync::Weak;
@@ -44,9 +45,30 @@ impl Host for CoreHost {
 
     fn agents(&self) -> Vec<AgentInfo> {
         match self.inner.upgrade() {
-            Some(inner) => inner.agents.entries().iter().map(|e| e.snapshot().into()).collect(),
+            Some(inner) => inner
+                .agents
+                .entries_unordered()
+                .iter()
+                .map(|e| e.snapshot().into())
+                .collect(),
             None => Vec::new(),
         }
+    }
+
+    fn agent_loads(&self) -> Vec<AgentLoad> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Vec::new();
+        };
+        let mut loads = Vec::with_capacity(inner.agents.len());
+        inner.agents.for_each(|e| {
+            loads.push(AgentLoad {
+                id: e.id.shared(),
+                status: e.status(),
+                load: e.load(),
+                capacity: e.capacity,
+            })
+        });
+        loads
     }
 
     fn agent(&self, id: &str) -> Option<AgentInfo> {

@@ -54,7 +54,7 @@ fn route_least_loaded(data: &Value, agents: &AgentRegistry, round_robin: &Atomic
     )?;
     let mut unknown = Vec::new();
     let candidates: Vec<Arc<AgentEntry>> = match data.get("available_agents") {
-        None | Some(Value::Null) => agents.entries(),
+        None | Some(Value::Null) => agents.entries_unordered(),
         Some(_) => string_list(data.get("available_agents"), "available_agents", EXPECTED)?
             .into_iter()
             .filter_map(|id| {

@@ -76,6 +76,31 @@ pub struct AgentInfo {
     pub metadata: BTreeMap<String, serde_json::Value>,
 }
 
+/// An agent's id, status and load: what load-aware plugins read on every call, without the
+/// rest of [`AgentInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLoad {
+    /// The agent's id (shared: cloning it, or making it from the host's own id, allocates nothing).
+    pub id: std::sync::Arc<str>,
+    /// Its status.
+    pub status: AgentStatus,
+    /// Tasks it is running now.
+    pub load: u32,
+    /// Tasks it can run at once.
+    pub capacity: u32,
+}
+
+impl From<AgentInfo> for AgentLoad {
+    fn from(a: AgentInfo) -> Self {
+        Self {
+            id: a.id.into(),
+            status: a.status,
+            load: a.load,
+            capacity: a.capacity,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,8 +31,8 @@
 #![allow(non_local_definitions)]
 
 use crate::{
-    AgentInfo, AgentStatus, BoxFuture, HealthStatus, Host, HostHandle, IntegrationRequest, IntegrationResponse,
-    OrchestrationPlugin, OrchestratorEvent, PluginError,
+    AgentInfo, AgentLoad, AgentStatus, BoxFuture, HealthStatus, Host, HostHandle, IntegrationRequest,
+    IntegrationResponse, OrchestrationPlugin, OrchestratorEvent, PluginError,
 };
 use abi_stable::library::RootModule;
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -116,6 +116,9 @@ pub trait FfiHost: Send + Sync {
     /// Completes after `nanos` nanoseconds, on the host's timer.
     #[sabi(last_prefix_field)]
     fn sleep(&self, nanos: u64) -> FfiFuture<()>;
+    /// Every agent's id, status and load, as a JSON array of `AgentLoad`. (Added after the
+    /// prefix: a plugin built before it existed still loads.)
+    fn agent_loads(&self) -> RString;
 }
 
 /// A shared [`FfiHost`] trait object.
@@ -327,6 +330,10 @@ impl Host for ForeignHost {
         serde_json::from_str(&self.ffi.agents()).unwrap_or_default()
     }
 
+    fn agent_loads(&self) -> Vec<AgentLoad> {
+        serde_json::from_str(&self.ffi.agent_loads()).unwrap_or_default()
+    }
+
     fn agent(&self, id: &str) -> Option<AgentInfo> {
         self.ffi
             .agent(id.into())
@@ -408,6 +415,12 @@ impl FfiHost for HostBridge {
             Value::Null
         };
         config.to_string().into()
+    }
+
+    fn agent_loads(&self) -> RString {
+        serde_json::to_string(&self.handle.agent_loads())
+            .unwrap_or_else(|_| "[]".into())
+            .into()
     }
 
     fn agents(&self) -> RString {

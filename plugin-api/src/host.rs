@@ -6,7 +6,9 @@
 //! `tokio::spawn` or `tokio::time::sleep` from it fails with "no reactor running". Asking the
 //! host instead works the same whether the plugin is linked statically or dynamically.
 
-use crate::{AgentInfo, AgentStatus, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError};
+use crate::{
+    AgentInfo, AgentLoad, AgentStatus, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError,
+};
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
@@ -26,6 +28,11 @@ pub trait Host: Send + Sync + 'static {
     fn agents(&self) -> Vec<AgentInfo>;
     /// One agent, if it is registered.
     fn agent(&self, id: &str) -> Option<AgentInfo>;
+    /// Every agent's id, status and load: cheaper than [`agents`](Self::agents) when that is
+    /// all a plugin needs on a hot path. The default derives it from `agents`.
+    fn agent_loads(&self) -> Vec<AgentLoad> {
+        self.agents().into_iter().map(AgentLoad::from).collect()
+    }
     /// Changes an agent's status; an error when the agent is not registered.
     fn set_agent_status(&self, id: &str, status: AgentStatus) -> Result<(), PluginError>;
     /// Calls another capability through the orchestrator's dispatch, on behalf of `caller`.
@@ -88,6 +95,11 @@ impl HostHandle {
     /// One agent, if registered.
     pub fn agent(&self, id: &str) -> Option<AgentInfo> {
         self.host.agent(id)
+    }
+
+    /// Every agent's id, status and load (cheaper than [`agents`](Self::agents)).
+    pub fn agent_loads(&self) -> Vec<AgentLoad> {
+        self.host.agent_loads()
     }
 
     /// Changes an agent's status.

@@ -43,7 +43,7 @@ mod plugin;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use agent::{AgentInfo, AgentStatus, ParseAgentStatusError};
+pub use agent::{AgentInfo, AgentLoad, AgentStatus, ParseAgentStatusError};
 pub use error::{PluginError, PluginErrorKind};
 pub use event::OrchestratorEvent;
 pub use health::{HealthState, HealthStatus};
@@ -85,8 +85,8 @@ pub fn is_valid_capability_name(name: &str) -> bool {
 /// Everything a plugin author usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        AgentInfo, AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
-        OrchestratorEvent, PluginError, async_trait,
+        AgentInfo, AgentLoad, AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse,
+        OrchestrationPlugin, OrchestratorEvent, PluginError, async_trait,
     };
 }
 

@@ -58,7 +58,9 @@ fn simulate(rt: &tokio::runtime::Runtime) {
     let tasks: Vec<usize> = (0..3000).map(|_| (world.next() * 5.0) as usize % 5).collect();
     let outcomes: Vec<f64> = (0..3000).map(|_| world.next()).collect();
     let eligible = |kind: usize| -> Vec<usize> {
-        (0..fleet.agents.len()).filter(|a| fleet.agents[*a].0.contains(&kind)).collect()
+        (0..fleet.agents.len())
+            .filter(|a| fleet.agents[*a].0.contains(&kind))
+            .collect()
     };
 
     let mut results: Vec<(&str, Vec<bool>)> = Vec::new();
@@ -99,13 +101,18 @@ fn simulate(rt: &tokio::runtime::Runtime) {
             .expect("builds");
         for (i, (kinds, _)) in fleet.agents.iter().enumerate() {
             let caps = kinds.map(|k| KINDS[k]);
-            orch.register_agent(AgentConfig::new(format!("agent-{i}")).with_id(format!("a{i}")).with_capabilities(caps))
-                .await
-                .expect("registers");
+            orch.register_agent(
+                AgentConfig::new(format!("agent-{i}"))
+                    .with_id(format!("a{i}"))
+                    .with_capabilities(caps),
+            )
+            .await
+            .expect("registers");
         }
         let mut out = Vec::with_capacity(tasks.len());
         for (&kind, &u) in tasks.iter().zip(&outcomes) {
-            let task = json!({"description": format!("a {} task", KINDS[kind]), "required_capabilities": [KINDS[kind]]});
+            let task =
+                json!({"description": format!("a {} task", KINDS[kind]), "required_capabilities": [KINDS[kind]]});
             let answer = orch
                 .execute(IntegrationRequest::new("semantic_routing", json!({ "task": task })))
                 .await
@@ -138,7 +145,11 @@ fn simulate(rt: &tokio::runtime::Runtime) {
 }
 
 fn bench_routing(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     simulate(&rt);
 
     let build = |with_plugin: bool| {
@@ -150,7 +161,9 @@ fn bench_routing(c: &mut Criterion) {
             let orch = builder.build().await.expect("builds");
             for i in 0..1000 {
                 let caps = [KINDS[i % 5], KINDS[(i / 5) % 5]];
-                orch.register_agent(AgentConfig::default().with_capabilities(caps)).await.expect("registers");
+                orch.register_agent(AgentConfig::default().with_capabilities(caps))
+                    .await
+                    .expect("registers");
             }
             orch
         })
@@ -163,10 +176,12 @@ fn bench_routing(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("route_over_1000_agents");
     group.bench_function("legacy_least_loaded", |b| {
-        b.to_async(&rt).iter(|| async { black_box(legacy.execute(request.clone()).await.expect("routes")) });
+        b.to_async(&rt)
+            .iter(|| async { black_box(legacy.execute(request.clone()).await.expect("routes")) });
     });
     group.bench_function("context_aware_plugin", |b| {
-        b.to_async(&rt).iter(|| async { black_box(plugin.execute(request.clone()).await.expect("routes")) });
+        b.to_async(&rt)
+            .iter(|| async { black_box(plugin.execute(request.clone()).await.expect("routes")) });
     });
     group.finish();
 }

@@ -57,13 +57,37 @@ use sampling::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// The plugin's name.
 pub const NAME: &str = "ContextAwareRoutingPlugin";
 const RANKING_LEN: usize = 10;
 /// How many pseudo-observations the similarity-based prior is worth.
 const PRIOR_WEIGHT: f64 = 4.0;
+/// At most this many candidates get a Thompson draw per routing (the rest cannot win, or are
+/// indistinguishable from those that do).
+const MAX_SAMPLED: usize = 64;
+
+/// Agents' capabilities, with equal lists shared.
+#[derive(Debug, Default)]
+struct CapabilityCache {
+    by_agent: HashMap<String, Arc<[String]>>,
+    interned: HashMap<Vec<String>, Arc<[String]>>,
+}
+
+/// One eligible agent while a task is routed.
+struct Candidate<'a> {
+    agent: &'a AgentLoad,
+    sim: f64,
+    free: f64,
+    /// The posterior's parameters for the task's topic, and three standard deviations.
+    a: f64,
+    b: f64,
+    spread: f64,
+    /// A draw from the posterior, or its mean when not drawn.
+    learned: f64,
+    score: f64,
+}
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +176,7 @@ fn string_list(value: Option<&Value>, field: &str) -> Result<Option<Vec<String>>
 /// Context-aware routing with learning.
 pub struct ContextAwareRoutingPlugin {
     state: RwLock<State>,
+    capabilities: RwLock<CapabilityCache>,
     rng: Mutex<Rng>,
     weights: RwLock<Weights>,
     host: OnceLock<HostHandle>,
@@ -165,6 +190,7 @@ impl Default for ContextAwareRoutingPlugin {
             .unwrap_or(0x5EED);
         Self {
             state: RwLock::new(State::default()),
+            capabilities: RwLock::new(CapabilityCache::default()),
             rng: Mutex::new(Rng::new(seed)),
             weights: RwLock::new(Weights::default()),
             host: OnceLock::new(),
@@ -216,49 +242,105 @@ impl ContextAwareRoutingPlugin {
             .unwrap_or_else(|| "general".to_owned())
     }
 
+    /// An agent's capabilities, from the cache or (first sight) from the host, which also
+    /// indexes them. Capabilities are fixed at registration; the cache entry goes when the
+    /// agent is deregistered (see `on_event`). Equal capability lists share one allocation, so
+    /// that a routing call computes similarity once per distinct list.
+    fn capabilities_of(&self, host: &HostHandle, id: &str) -> Option<Arc<[String]>> {
+        if let Some(caps) = self
+            .capabilities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_agent
+            .get(id)
+        {
+            return Some(Arc::clone(caps));
+        }
+        let info = host.agent(id)?;
+        let mut state = self.write();
+        if !state.index.contains(id) {
+            state
+                .index
+                .add(id, info.capabilities.iter().flat_map(|c| capability_terms(c)));
+        }
+        drop(state);
+        let mut cache = self.capabilities.write().unwrap_or_else(|p| p.into_inner());
+        let caps = match cache.interned.get(&info.capabilities) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<[String]> = info.capabilities.clone().into();
+                cache.interned.insert(info.capabilities, Arc::clone(&shared));
+                shared
+            }
+        };
+        cache.by_agent.insert(id.to_owned(), Arc::clone(&caps));
+        Some(caps)
+    }
+
     fn route(&self, data: &Value) -> Result<IntegrationResponse, PluginError> {
         const EXPECTED: &str = "expected {\"task\": {\"description\": string, \"required_capabilities\"?: [string]}, \"available_agents\"?: [string]}";
         let task = parse_task(data, EXPECTED)?;
         let wanted = string_list(data.get("available_agents"), "available_agents")?;
         let host = self.host()?;
-        let agents: Vec<AgentInfo> = match &wanted {
-            Some(ids) => ids.iter().filter_map(|id| host.agent(id)).collect(),
-            None => host.agents(),
+        let loads: Vec<AgentLoad> = match &wanted {
+            Some(ids) if ids.len() <= 32 => ids
+                .iter()
+                .filter_map(|id| host.agent(id))
+                .map(AgentLoad::from)
+                .collect(),
+            Some(ids) => {
+                let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+                host.agent_loads()
+                    .into_iter()
+                    .filter(|a| wanted.contains(&*a.id))
+                    .collect()
+            }
+            None => host.agent_loads(),
         };
-        let eligible: Vec<&AgentInfo> = agents
+        // Capabilities for every candidate: one lock for the cached ones, the host for the rest.
+        let mut caps: Vec<Option<Arc<[String]>>> = {
+            let cache = self.capabilities.read().unwrap_or_else(|p| p.into_inner());
+            loads.iter().map(|a| cache.by_agent.get(&*a.id).cloned()).collect()
+        };
+        for (slot, agent) in caps.iter_mut().zip(&loads) {
+            if slot.is_none() {
+                *slot = self.capabilities_of(host, &agent.id);
+            }
+        }
+        let eligible: Vec<(&AgentLoad, Arc<[String]>)> = loads
             .iter()
-            .filter(|a| a.status != AgentStatus::Offline)
-            .filter(|a| task.required.iter().all(|c| a.capabilities.contains(c)))
+            .zip(caps)
+            .filter_map(|(agent, caps)| Some((agent, caps?)))
+            .filter(|(agent, caps)| {
+                agent.status != AgentStatus::Offline && task.required.iter().all(|c| caps.contains(c))
+            })
             .collect();
         if eligible.is_empty() {
-            let considered = wanted.as_ref().map_or(agents.len(), Vec::len);
+            let considered = wanted.as_ref().map_or(loads.len(), Vec::len);
             return Ok(IntegrationResponse::failure(format!(
                 "no eligible agent among {considered} candidate(s): each is unregistered, offline or lacks [{}]",
                 task.required.join(", ")
             )));
         }
-        // Index agents seen for the first time (their capability names).
-        if eligible.iter().any(|a| !self.read().index.contains(&a.id)) {
-            let mut state = self.write();
-            for agent in &eligible {
-                if !state.index.contains(&agent.id) {
-                    state
-                        .index
-                        .add(&agent.id, agent.capabilities.iter().flat_map(|c| capability_terms(c)));
-                }
-            }
-        }
+
         let weights = *self.weights.read().unwrap_or_else(|p| p.into_inner());
         let state = self.read();
         let topic = Self::topic_of(&state.index, &task);
         let query = state.index.weigh(&task.words);
-        let similarity: Vec<f64> = eligible.iter().map(|a| state.index.score(&a.id, &query)).collect();
+        // Documents are made of capability names only, so equal lists score alike.
+        let mut memo: HashMap<usize, f64> = HashMap::new();
+        let similarity: Vec<f64> = eligible
+            .iter()
+            .map(|(agent, caps)| {
+                let key = Arc::as_ptr(caps).cast::<u8>() as usize;
+                *memo.entry(key).or_insert_with(|| state.index.score(&agent.id, &query))
+            })
+            .collect();
         let best_similarity = similarity.iter().copied().fold(0.0, f64::max);
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ranking: Vec<(f64, &AgentInfo, f64, f64, f64)> = eligible
+        let mut candidates: Vec<Candidate<'_>> = eligible
             .iter()
             .zip(similarity)
-            .map(|(agent, sim)| {
+            .map(|((agent, _), sim)| {
                 let sim = if best_similarity > 0.0 {
                     sim / best_similarity
                 } else {
@@ -266,35 +348,73 @@ impl ContextAwareRoutingPlugin {
                 };
                 let (s, f) = state
                     .profiles
-                    .get(&agent.id)
+                    .get(&*agent.id)
                     .and_then(|p| p.topics.get(&topic))
                     .copied()
                     .unwrap_or((0, 0));
                 // The prior leans on similarity, so a fresh fleet is routed by what the task
                 // says, while what agents then do soon outweighs it.
-                let learned = rng.beta(
-                    f64::from(s) + 1.0 + PRIOR_WEIGHT * sim,
-                    f64::from(f) + 1.0 + PRIOR_WEIGHT * (1.0 - sim),
-                );
+                let a = f64::from(s) + 1.0 + PRIOR_WEIGHT * sim;
+                let b = f64::from(f) + 1.0 + PRIOR_WEIGHT * (1.0 - sim);
                 let free = 1.0 - (f64::from(agent.load) / f64::from(agent.capacity.max(1))).min(1.0);
-                let score = weights.similarity * sim + weights.learning * learned + weights.load * free;
-                (score, *agent, sim, learned, free)
+                let spread = 3.0 * (a * b / ((a + b).powi(2) * (a + b + 1.0))).sqrt();
+                Candidate {
+                    agent,
+                    sim,
+                    free,
+                    a,
+                    b,
+                    spread,
+                    learned: a / (a + b),
+                    score: 0.0,
+                }
             })
             .collect();
-        drop(rng);
         drop(state);
-        ranking.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        let (score, selected, ..) = ranking[0];
-        let top: Vec<Value> = ranking
+
+        // Thompson sampling, drawn only where it can matter: a candidate whose optimistic score
+        // (posterior mean + 3 sd) is below the best pessimistic one cannot win, and keeps its
+        // mean. Ties are broken at random so that exploration is spread over equals.
+        let fixed = |c: &Candidate<'_>| weights.similarity * c.sim + weights.load * c.free;
+        let threshold = candidates
             .iter()
-            .take(RANKING_LEN)
-            .map(|(score, a, sim, learned, free)| {
-                json!({"agent_id": a.id, "score": score, "similarity": sim, "learned": learned, "free": free})
-            })
+            .map(|c| fixed(c) + weights.learning * (c.learned - c.spread).max(0.0))
+            .fold(f64::MIN, f64::max);
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let mut contenders: Vec<(f64, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (fixed(c) + weights.learning * (c.learned + c.spread).min(1.0), i))
+            .filter(|(optimistic, _)| *optimistic >= threshold)
+            .map(|(optimistic, i)| (optimistic + 1e-9 * rng.uniform(), i))
+            .collect();
+        if contenders.len() > MAX_SAMPLED {
+            contenders.select_nth_unstable_by(MAX_SAMPLED - 1, |x, y| y.0.total_cmp(&x.0));
+            contenders.truncate(MAX_SAMPLED);
+        }
+        for &(_, i) in &contenders {
+            let c = &mut candidates[i];
+            c.learned = rng.beta(c.a, c.b);
+        }
+        drop(rng);
+        for c in &mut candidates {
+            c.score = fixed(c) + weights.learning * c.learned;
+        }
+        let order = |x: &Candidate<'_>, y: &Candidate<'_>| {
+            y.score.total_cmp(&x.score).then_with(|| x.agent.id.cmp(&y.agent.id))
+        };
+        if candidates.len() > RANKING_LEN {
+            candidates.select_nth_unstable_by(RANKING_LEN - 1, order);
+            candidates.truncate(RANKING_LEN);
+        }
+        candidates.sort_by(order);
+        let top: Vec<Value> = candidates
+            .iter()
+            .map(|c| json!({"agent_id": &*c.agent.id, "score": c.score, "similarity": c.sim, "learned": c.learned, "free": c.free}))
             .collect();
         Ok(IntegrationResponse::ok(json!({
-            "selected_agent": selected.id,
-            "score": score,
+            "selected_agent": &*candidates[0].agent.id,
+            "score": candidates[0].score,
             "topic": topic,
             "ranking": top,
         })))
@@ -317,18 +437,12 @@ impl ContextAwareRoutingPlugin {
                 PluginError::invalid_request(format!("`duration_ms` must be a non-negative number; {EXPECTED}"))
             })?),
         };
-        let known = self.host()?.agent(agent);
-        let Some(info) = known else {
+        if self.capabilities_of(self.host()?, agent).is_none() {
             return Err(PluginError::invalid_request(format!(
                 "no agent `{agent}` is registered"
             )));
-        };
-        let mut state = self.write();
-        if !state.index.contains(agent) {
-            state
-                .index
-                .add(agent, info.capabilities.iter().flat_map(|c| capability_terms(c)));
         }
+        let mut state = self.write();
         let topic = Self::topic_of(&state.index, &task);
         let profile = state.profiles.entry(agent.to_owned()).or_default();
         let counts = profile.topics.entry(topic.clone()).or_insert((0, 0));
@@ -452,6 +566,12 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
             let mut state = self.write();
             state.index.remove(agent_id);
             state.profiles.remove(agent_id);
+            drop(state);
+            self.capabilities
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_agent
+                .remove(agent_id);
         }
     }
 }
