@@ -1,6 +1,6 @@
-//! Quickstart: build an orchestrator on the embedded defaults, register a few agents and a small
-//! plugin, call capabilities (one served by the plugin, two by the built-in legacy path), run a
-//! task on the chosen agent, and print the catalog.
+//! Quickstart: build an orchestrator on the embedded defaults (the plugins this crate ships, plus
+//! a small plugin of our own), register a few agents, call capabilities, route a task and run it
+//! on the chosen agent, and print the catalog.
 //!
 //! Run it with `cargo run --example quickstart`.
 
@@ -45,7 +45,11 @@ impl OrchestrationPlugin for TextStatsPlugin {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let orchestrator = Orchestrator::builder().plugin(TextStatsPlugin).build().await?;
+    let orchestrator = Orchestrator::builder()
+        .with_default_plugins()
+        .plugin(TextStatsPlugin)
+        .build()
+        .await?;
 
     let reviewer = orchestrator
         .register_agent(
@@ -77,16 +81,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await;
     println!("bad input: {}", bad.expect_err("refused"));
 
-    // No routing plugin is registered, so the legacy path picks the least-loaded eligible agent.
+    // The routing plugin picks the agent (text similarity, learned success, load).
     let task = Task::new("review the parser change, then deploy it").with_required_capabilities(["deploy"]);
     let chosen = orchestrator.select_agent_for_task(&task, &[]).await?;
     println!("task {} goes to {chosen}", task.id);
 
-    // Run it; the default executor is a dry run that shows what it would do.
+    // Run it: the workflow plugin analyses the task first; the default executor is a dry run
+    // that shows what it would do.
     let output = orchestrator
         .execute_agent_task(&chosen, json!({"task_description": task.description}))
         .await?;
-    println!("plan: {}", output["analysis"]["plan"]);
+    println!(
+        "plan: {}, complexity {:.2}",
+        output["analysis"]["plan"],
+        output["analysis"]["complexity"].as_f64().unwrap_or_default()
+    );
+
+    // Tell the router how it went, so that it learns.
+    orchestrator
+        .execute(IntegrationRequest::new(
+            "performance_learning",
+            json!({"agent_id": chosen.as_str(), "task": {"description": task.description}, "success": true, "duration_ms": 120}),
+        ))
+        .await?;
+
+    // A slash command, parsed and dispatched by the workflow plugin.
+    let help = orchestrator
+        .execute(IntegrationRequest::new(
+            "slash_commands",
+            json!({"command": "/agents --status=active"}),
+        ))
+        .await?;
+    println!("/agents: {}", help.data["result"]["agents"]);
 
     println!("catalog:\n{}", serde_json::to_string_pretty(&orchestrator.catalog())?);
     Ok(())

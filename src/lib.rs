@@ -43,8 +43,44 @@ pub use plugin_api::{
     PluginError,
 };
 
+pub use plugin_routing::ContextAwareRoutingPlugin;
+pub use plugin_security::SecurityIntegrationPlugin;
+pub use plugin_workflow::EnhancedWorkflowPlugin;
+
+/// `with_default_plugins()` for [`OrchestratorBuilder`]: the plugins this crate ships, linked
+/// statically.
+///
+/// Today that is three of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
+/// (`extended_thinking`, `slash_commands`, `quality_gates`), [`ContextAwareRoutingPlugin`]
+/// (`semantic_routing`, `agent_profiling`, `performance_learning`) and
+/// [`SecurityIntegrationPlugin`] (`oauth_auth`, `rbac_enforcement`, `audit_logging`). The others
+/// join as they land.
+///
+/// ```
+/// use orchestrator::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), OrchestratorError> {
+/// let orchestrator = Orchestrator::builder().with_default_plugins().build().await?;
+/// assert!(orchestrator.has_capability("semantic_routing"));
+/// # Ok(())
+/// # }
+/// ```
+pub trait DefaultPlugins {
+    /// Adds the default plugins (registered at build, in the order listed above).
+    fn with_default_plugins(self) -> Self;
+}
+
+impl DefaultPlugins for OrchestratorBuilder {
+    fn with_default_plugins(self) -> Self {
+        self.plugin(EnhancedWorkflowPlugin::default())
+            .plugin(ContextAwareRoutingPlugin::default())
+            .plugin(SecurityIntegrationPlugin::default())
+    }
+}
+
 /// The names most applications use, in one `use orchestrator::prelude::*;`.
 pub mod prelude {
+    pub use crate::DefaultPlugins;
     pub use orchestrator_core::{
         AgentConfig, AgentId, AgentStatus, Orchestrator, OrchestratorBuilder, OrchestratorError, Task,
     };

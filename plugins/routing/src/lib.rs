@@ -575,5 +575,3 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
         }
     }
 }
-
-plugin_api::export_plugin!(ContextAwareRoutingPlugin::default);

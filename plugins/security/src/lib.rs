@@ -265,5 +265,3 @@ impl OrchestrationPlugin for SecurityIntegrationPlugin {
         }
     }
 }
-
-plugin_api::export_plugin!(SecurityIntegrationPlugin::default);

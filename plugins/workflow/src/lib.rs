@@ -269,9 +269,9 @@ impl EnhancedWorkflowPlugin {
             Action::Help => return Ok(self.command_answer(&parsed, &command, self.command_list())),
             Action::Agents => {
                 let wanted = parsed.flags.get("status");
-                let agents: Vec<Value> = self
-                    .host()?
-                    .agents()
+                let mut listed = self.host()?.agents();
+                listed.sort_by(|a, b| a.id.cmp(&b.id));
+                let agents: Vec<Value> = listed
                     .into_iter()
                     .filter(|a| wanted.is_none_or(|s| a.status.as_str() == s))
                     .map(|a| json!({"id": a.id, "name": a.name, "status": a.status, "load": a.load, "capacity": a.capacity}))
@@ -428,5 +428,3 @@ impl OrchestrationPlugin for EnhancedWorkflowPlugin {
         }
     }
 }
-
-plugin_api::export_plugin!(EnhancedWorkflowPlugin::default);
