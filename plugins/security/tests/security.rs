@@ -109,8 +109,10 @@ async fn refused(orch: &Orchestrator, token: &str) -> String {
 async fn valid_tokens_of_each_algorithm_are_accepted() {
     let dir = temp_dir("valid");
     let orch = orchestrator(config(&dir.join("audit.log"))).await.expect("builds");
+    // One set of claims, so that `expires_at` is compared with the `exp` that was signed.
+    let signed = claims();
     for alg in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256] {
-        let t = token(alg, &claims());
+        let t = token(alg, &signed);
         let out = call(
             &orch,
             "oauth_auth",
@@ -121,7 +123,7 @@ async fn valid_tokens_of_each_algorithm_are_accepted() {
         assert_eq!(out["authenticated"], true, "{alg:?}: {out}");
         assert_eq!(out["subject"], "alice");
         assert_eq!(out["scopes"], json!(["agents:read", "tasks:submit"]));
-        assert_eq!(out["expires_at"], claims()["exp"]);
+        assert_eq!(out["expires_at"], signed["exp"]);
     }
 }
 
