@@ -157,7 +157,7 @@ async fn hot_swap_lets_calls_in_flight_finish_on_the_old_instance() {
     let old = ScriptedPlugin::new("Swap", &["work"], Behaviour::Hang);
     let old_shutdowns = old.shutdowns.clone();
     let orch = Orchestrator::builder()
-        .call_timeout(Duration::from_millis(300))
+        .call_timeout(Duration::from_millis(1500))
         .legacy_mode(false)
         .plugin(old)
         .build()
