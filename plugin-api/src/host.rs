@@ -87,6 +87,24 @@ impl HostHandle {
         self.host.plugin_config(&self.plugin)
     }
 
+    /// This plugin's configuration read into `T`, or `T::default()` when none was given. Derive
+    /// `Deserialize` with `#[serde(deny_unknown_fields)]` on `T` and a misspelt key becomes an
+    /// error naming it; every error names the plugin.
+    ///
+    /// ```ignore
+    /// #[derive(Default, serde::Deserialize)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct Config { top: Option<u32> }
+    /// let config: Config = host.config_as()?;
+    /// ```
+    pub fn config_as<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, PluginError> {
+        match self.config() {
+            Value::Null => Ok(T::default()),
+            value => serde_json::from_value(value)
+                .map_err(|e| PluginError::new(format!("{} configuration: {e}", self.plugin))),
+        }
+    }
+
     /// Every registered agent.
     pub fn agents(&self) -> Vec<AgentInfo> {
         self.host.agents()

@@ -520,12 +520,7 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
     }
 
     async fn initialize(&self, host: HostHandle) -> Result<(), PluginError> {
-        let config: RoutingConfig = match host.config() {
-            Value::Null => RoutingConfig::default(),
-            value => {
-                serde_json::from_value(value).map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?
-            }
-        };
+        let config: RoutingConfig = host.config_as()?;
         if let Some(weights) = config.weights {
             let all = [weights.similarity, weights.learning, weights.load];
             if all.iter().any(|w| !w.is_finite() || *w < 0.0) || all.iter().sum::<f64>() <= 0.0 {

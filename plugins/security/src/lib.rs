@@ -220,12 +220,7 @@ impl OrchestrationPlugin for SecurityIntegrationPlugin {
     }
 
     async fn initialize(&self, host: HostHandle) -> Result<(), PluginError> {
-        let config: SecurityConfig = match host.config() {
-            Value::Null => SecurityConfig::default(),
-            value => {
-                serde_json::from_value(value).map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?
-            }
-        };
+        let config: SecurityConfig = host.config_as()?;
         let jwt = JwtVerifier::new(&config.jwt).map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?;
         let rbac = Rbac::new(&config.rbac).map_err(|e| PluginError::new(format!("{NAME} configuration: rbac: {e}")))?;
         let audit_path = config.audit.path.unwrap_or_else(|| PathBuf::from(DEFAULT_AUDIT_PATH));

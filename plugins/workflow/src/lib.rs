@@ -377,12 +377,7 @@ impl OrchestrationPlugin for EnhancedWorkflowPlugin {
     }
 
     async fn initialize(&self, host: HostHandle) -> Result<(), PluginError> {
-        let config: WorkflowConfig = match host.config() {
-            Value::Null => WorkflowConfig::default(),
-            value => {
-                serde_json::from_value(value).map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?
-            }
-        };
+        let config: WorkflowConfig = host.config_as()?;
         {
             let mut commands = self.commands.write().unwrap_or_else(|p| p.into_inner());
             for (name, c) in config.commands {
