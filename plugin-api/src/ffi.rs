@@ -596,6 +596,11 @@ pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 ///
 /// A panic in the constructor or in any plugin method becomes an error the host sees; it never
 /// unwinds into the host.
+///
+/// The macro defines one exported symbol (the `abi_stable` library header), so at most one crate
+/// that invokes it can be linked into a binary. A plugin that may be linked statically beside
+/// other plugins should keep its library an `rlib` and invoke the macro in a separate `cdylib`
+/// target, e.g. an `[[example]]` with `crate-type = ["cdylib"]`.
 #[macro_export]
 macro_rules! export_plugin {
     ($constructor:expr $(,)?) => {
