@@ -316,3 +316,33 @@ async fn plugins_receive_lifecycle_events_in_order() {
     ));
     assert!(matches!(&seen[3], OrchestratorEvent::PluginLoaded { plugin, .. } if plugin == "Later"));
 }
+
+/// Regression guard: a provider unregistered while an earlier provider is being tried is not
+/// called after its shutdown (dispatch had already taken its snapshot of the providers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_retired_mid_call_is_never_called_after_shutdown() {
+    let backup = ScriptedPlugin::new("Backup", &["work"], Behaviour::Echo);
+    let (backup_calls, backup_shutdowns) = (backup.calls.clone(), backup.shutdowns.clone());
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .call_timeout(Duration::from_millis(300))
+        .plugin_with(
+            ScriptedPlugin::new("Slow", &["work"], Behaviour::Hang),
+            PluginOptions::new().priority(10),
+        )
+        .plugin_with(backup, PluginOptions::new().priority(1))
+        .build()
+        .await
+        .expect("builds");
+    let call = tokio::spawn(orch.execute(IntegrationRequest::new("work", json!({}))));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    orch.unregister_plugin("Backup").await.expect("unregisters");
+    assert_eq!(backup_shutdowns.load(Ordering::SeqCst), 1);
+    let err = call.await.expect("task ran").unwrap_err();
+    assert_eq!(backup_calls.load(Ordering::SeqCst), 0, "called after shutdown");
+    assert!(
+        err.to_string()
+            .contains("Backup: error: unregistered while the call was under way"),
+        "{err}"
+    );
+}

@@ -89,7 +89,20 @@ async fn dispatch(
         };
         let Some(request) = request else { break };
 
-        let _in_flight = slot.enter();
+        // A provider retired since the snapshot was taken (unregistered or replaced while an
+        // earlier provider was tried) is shut down or shutting down: skip it.
+        let Some(_in_flight) = slot.enter() else {
+            if is_last_option {
+                pending = Some(request);
+            }
+            attempts.push(FailedAttempt {
+                plugin: slot.name.to_string(),
+                failure: ProviderFailure::Error {
+                    message: "unregistered while the call was under way; not called".into(),
+                },
+            });
+            continue;
+        };
         slot.stats.calls.fetch_add(1, Ordering::Relaxed);
         let outcome = guarded(inner.call_timeout, || slot.plugin.process_request(request)).await;
         let failure = match outcome {

@@ -35,6 +35,12 @@ impl EventBus {
             while let Some(event) = rx.recv().await {
                 let snapshot = registry.snapshot_arc();
                 for slot in snapshot.plugins.values() {
+                    // A plugin does not hear its own custom events (no feedback loops), and a
+                    // retired one hears nothing.
+                    if matches!(&event, OrchestratorEvent::Custom { source, .. } if **source == *slot.name) {
+                        continue;
+                    }
+                    let Some(_in_flight) = slot.enter() else { continue };
                     if let Err(failure) = guarded(timeout, || slot.plugin.on_event(&event)).await {
                         tracing::warn!(plugin = %slot.name, %failure, "on_event failed");
                     }

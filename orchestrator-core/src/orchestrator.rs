@@ -346,6 +346,8 @@ impl Orchestrator {
             let snapshot = inner.registry.snapshot_arc();
             let mut report = BTreeMap::new();
             for slot in snapshot.plugins.values() {
+                // A plugin retired since the snapshot is not asked.
+                let Some(_in_flight) = slot.enter() else { continue };
                 let health = check_health(&slot.plugin, inner.call_timeout).await;
                 slot.set_health(health.clone());
                 report.insert(slot.name.to_string(), health);
@@ -551,15 +553,22 @@ pub(crate) async fn register(
     Ok(())
 }
 
-/// Drains a plugin removed from the registry and shuts it down.
-async fn retire(inner: &Inner, slot: Arc<PluginSlot>) {
-    slot.drain().await;
-    if let Err(failure) = guarded(inner.call_timeout, || slot.plugin.shutdown()).await {
-        tracing::warn!(plugin = %slot.name, %failure, "shutdown failed");
-    }
-    inner.events.emit(OrchestratorEvent::PluginUnloaded {
-        plugin: slot.name.to_string(),
+/// Drains a plugin removed from the registry and shuts it down. Runs as a task of its own, so
+/// that the shutdown and the `PluginUnloaded` event happen even if the caller stops waiting.
+async fn retire(inner: &Arc<Inner>, slot: Arc<PluginSlot>) {
+    let inner = Arc::clone(inner);
+    let task = inner.runtime.clone().spawn(async move {
+        slot.drain(inner.call_timeout + Duration::from_secs(1)).await;
+        if let Err(failure) = guarded(inner.call_timeout, || slot.plugin.shutdown()).await {
+            tracing::warn!(plugin = %slot.name, %failure, "shutdown failed");
+        }
+        inner.events.emit(OrchestratorEvent::PluginUnloaded {
+            plugin: slot.name.to_string(),
+        });
     });
+    if let Err(e) = task.await {
+        tracing::warn!("retiring a plugin failed: {e}");
+    }
 }
 
 /// Opens a library off the async threads (`dlopen` reads the file and runs initialisers).

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use plugin_api::{HealthStatus, OrchestrationPlugin};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -100,6 +100,8 @@ pub(crate) struct PluginSlot {
     pub(crate) health: Mutex<Option<HealthStatus>>,
     in_flight: AtomicUsize,
     drained: Notify,
+    /// Set when the slot leaves the registry: no new call may start.
+    retired: AtomicBool,
 }
 
 impl PluginSlot {
@@ -121,22 +123,39 @@ impl PluginSlot {
             health: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
+            retired: AtomicBool::new(false),
         }
     }
 
-    /// Marks a call in flight until the guard drops.
-    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(self))
+    /// Marks a call in flight until the guard drops; `None` once the plugin is retired (it is
+    /// shutting down or shut down, and must not be called). The increment and the check are
+    /// sequentially consistent with [`drain`](Self::drain)'s flag and count: either `drain`
+    /// sees this call in flight and waits for it, or this call sees the flag and backs out.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<InFlight> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(Arc::clone(self));
+        if self.retired.load(Ordering::SeqCst) {
+            return None; // the guard's drop backs the count out
+        }
+        Some(guard)
     }
 
-    /// Waits until no call is in flight.
-    pub(crate) async fn drain(&self) {
+    /// Retires the slot (no call starts after this) and waits until no call is in flight, at
+    /// most `limit` (a caller holding an `execute` future without polling it would otherwise keep
+    /// it "in flight" forever).
+    pub(crate) async fn drain(&self, limit: std::time::Duration) {
+        self.retired.store(true, Ordering::SeqCst);
+        if tokio::time::timeout(limit, self.wait_idle()).await.is_err() {
+            tracing::warn!(plugin = %self.name, "calls still in flight after {limit:?}; shutting down anyway");
+        }
+    }
+
+    async fn wait_idle(&self) {
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;
@@ -168,7 +187,7 @@ pub(crate) struct InFlight(Arc<PluginSlot>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.drained.notify_waiters();
         }
     }
