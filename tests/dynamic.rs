@@ -345,3 +345,23 @@ async fn a_failing_load_leaves_event_delivery_and_other_plugins_untouched() {
         .expect("served");
     assert_eq!(resp.data["echo"], "still here");
 }
+
+/// Regression guard: the dynamic loader returns the library it already has for a path it has
+/// seen; a new build put in place of the old (renamed over it) must still be what is loaded.
+#[tokio::test]
+async fn a_new_build_at_a_loaded_path_is_what_gets_loaded() {
+    let dir = std::env::temp_dir().join(format!("orch-same-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("plugin.{}", orchestrator::LIBRARY_EXTENSION));
+    std::fs::copy(plugin_library("third-party-plugin"), &path).expect("copy");
+    let orch = Orchestrator::builder().build().await.expect("builds");
+    assert_eq!(orch.load_plugin(&path).await.expect("loads").name, "TextToolsPlugin");
+
+    let staged = dir.join("staged.tmp");
+    std::fs::copy(plugin_library("faulty-plugin"), &staged).expect("copy");
+    std::fs::rename(&staged, &path).expect("rename over");
+    let second = orch.load_plugin(&path).await.expect("loads the new file");
+    assert_eq!(second.name, "FaultyPlugin");
+    assert_eq!(second.origin, PluginOrigin::StableAbi { path: path.clone() }, "the user's path is reported");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -17,8 +17,13 @@
 //! that crashes (a segfault, an abort) takes the process with it: only running it in another
 //! process would prevent that, and this ABI is in-process by design.
 //!
+//! Requirements on the plugin, which the host relies on: `orch_plugin_process` is thread-safe
+//! (the host calls it from several threads at once; no static buffers), returns a string that
+//! `orch_plugin_free` frees, never throws or longjmps out (C++: catch everything), and reads
+//! the request only during the call.
+//!
 //! This is the one module of the engine that needs `unsafe`: loading a library and calling its
-//! functions. Each unsafe block says why it is sound.
+//! functions. Each unsafe block says why it is sound, given the requirements above.
 #![allow(unsafe_code)]
 
 use crate::error::LoadError;
@@ -31,10 +36,17 @@ use std::path::Path;
 /// The C ABI version this host speaks.
 pub const C_ABI_VERSION: u32 = 1;
 
-type AbiVersionFn = unsafe extern "C" fn() -> u32;
-type ManifestFn = unsafe extern "C" fn() -> *const c_char;
-type ProcessFn = unsafe extern "C" fn(*const c_char) -> *mut c_char;
-type FreeFn = unsafe extern "C" fn(*mut c_char);
+// "C-unwind": a C++ plugin that lets an exception escape (which the ABI forbids) makes the
+// process abort at the boundary, instead of unwinding into Rust frames, which would be undefined.
+type AbiVersionFn = unsafe extern "C-unwind" fn() -> u32;
+type ManifestFn = unsafe extern "C-unwind" fn() -> *const c_char;
+type ProcessFn = unsafe extern "C-unwind" fn(*const c_char) -> *mut c_char;
+type FreeFn = unsafe extern "C-unwind" fn(*mut c_char);
+
+/// How many calls of one C plugin may occupy the blocking pool at once. Calls that hang keep
+/// their thread forever; past this many, further calls fail at once ("unavailable") instead of
+/// exhausting the pool that the rest of the host needs too.
+const MAX_BLOCKING_CALLS: usize = 16;
 
 /// The plugin's two call entry points. Plain function pointers into a library that is never
 /// unloaded, so they stay valid for the life of the process.
@@ -49,6 +61,7 @@ pub(crate) struct CAbiPlugin {
     entry: Entry,
     manifest: PluginManifest,
     abi_version: u32,
+    blocking_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl CAbiPlugin {
@@ -124,6 +137,7 @@ impl CAbiPlugin {
             entry: Entry { process, free },
             manifest,
             abi_version: version,
+            blocking_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_CALLS)),
         })
     }
 
@@ -178,14 +192,23 @@ impl OrchestrationPlugin for CAbiPlugin {
         let json = CString::new(json)
             .map_err(|_| PluginError::invalid_request("the request contains a NUL character, which C cannot take"))?;
         let entry = self.entry;
-        let text = if self.manifest.nonblocking {
-            // The plugin promised not to block: skip the hand-off to another thread.
-            entry.call(&json)?
-        } else {
-            tokio::task::spawn_blocking(move || entry.call(&json))
+        let text =
+            if self.manifest.nonblocking {
+                // The plugin promised not to block: skip the hand-off to another thread.
+                entry.call(&json)?
+            } else {
+                let permit = std::sync::Arc::clone(&self.blocking_slots).try_acquire_owned().map_err(|_| {
+                PluginError::unavailable(format!(
+                    "{MAX_BLOCKING_CALLS} calls of this C plugin are still running (hung?); not starting another"
+                ))
+            })?;
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit; // held until the C call returns, however long that is
+                    entry.call(&json)
+                })
                 .await
                 .map_err(|e| PluginError::new(format!("the C plugin call did not complete: {e}")))??
-        };
+            };
         serde_json::from_str(&text).map_err(|e| {
             PluginError::new(format!(
                 "the C plugin answered with invalid IntegrationResponse JSON: {e}"

@@ -304,6 +304,21 @@ pub enum DispatchError {
     },
 }
 
+impl LoadError {
+    /// The same error, naming `original` (a load from a private copy reports the user's file).
+    pub(crate) fn with_path(mut self, original: &std::path::Path) -> Self {
+        match &mut self {
+            LoadError::NotFound { path, .. }
+            | LoadError::NotALibrary { path, .. }
+            | LoadError::NoPluginExports { path }
+            | LoadError::IncompatibleVersion { path, .. }
+            | LoadError::IncompatibleLayout { path, .. }
+            | LoadError::InitFailed { path, .. } => *path = original.to_owned(),
+        }
+        self
+    }
+}
+
 /// Errors in the orchestrator's configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -10,7 +10,7 @@
 //! itself fails with a clear error instead of exhausting the stack.
 
 use crate::dispatch;
-use crate::error::{DispatchError, OrchestratorError};
+use crate::error::{AgentError, DispatchError, OrchestratorError};
 use crate::orchestrator::Inner;
 use plugin_api::{
     AgentInfo, AgentLoad, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse, OrchestratorEvent,
@@ -77,9 +77,10 @@ impl Host for CoreHost {
 
     fn set_agent_status(&self, id: &str, status: AgentStatus) -> Result<(), PluginError> {
         let inner = self.inner.upgrade().ok_or_else(gone)?;
-        inner
-            .set_agent_status(id, status)
-            .map_err(|e| PluginError::invalid_request(e.to_string()))
+        inner.set_agent_status(id, status).map_err(|e| match e {
+            AgentError::NotFound { .. } => PluginError::invalid_request(e.to_string()),
+            other => PluginError::new(other.to_string()),
+        })
     }
 
     fn call(
@@ -102,9 +103,13 @@ impl Host for CoreHost {
                 .scope(depth + 1, async move { dispatch::execute(&inner, request).await })
                 .await
                 .map_err(|e| match e {
-                    OrchestratorError::Dispatch(DispatchError::InvalidRequest { .. }) => {
-                        PluginError::invalid_request(e.to_string())
-                    }
+                    // Nothing serves it (now): the calling plugin may try something else.
+                    OrchestratorError::Dispatch(
+                        DispatchError::UnknownCapability { .. } | DispatchError::CapabilityDisabled { .. },
+                    ) => PluginError::unavailable(e.to_string()),
+                    // The request was the calling plugin's, not its caller's: an internal
+                    // failure from where the calling plugin stands, so that its own caller's
+                    // input is not blamed (and fallback still applies) if it passes it on.
                     other => PluginError::new(other.to_string()),
                 })
         })
@@ -132,12 +137,22 @@ impl Host for CoreHost {
 
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         if let Some(inner) = self.inner.upgrade() {
-            // A panic in a spawned task ends that task only; tokio contains it.
-            drop(inner.runtime.spawn(task));
+            // The task keeps the call depth it was spawned at, so recursion through spawned
+            // tasks is bounded too. A panic in it ends that task only; tokio contains it.
+            let depth = CALL_DEPTH.try_with(|d| *d).unwrap_or(0);
+            drop(inner.runtime.spawn(CALL_DEPTH.scope(depth, task)));
         }
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(tokio::time::sleep(duration))
+        // Created inside the host's runtime, so that a plugin asking from a thread of its own
+        // (which has no runtime context) gets a working timer instead of a panic.
+        match self.inner.upgrade() {
+            Some(inner) => {
+                let _context = inner.runtime.enter();
+                Box::pin(tokio::time::sleep(duration))
+            }
+            None => Box::pin(std::future::ready(())),
+        }
     }
 }

@@ -15,6 +15,12 @@
 //!
 //! Loading a library runs its initialisers: loading is a trust decision, made by whoever put the
 //! file in the plugin directory.
+//!
+//! The dynamic loader hands back the library it already has for a path it has seen, even if the
+//! file was replaced since. So the second and later loads of one path map a fresh copy of the
+//! file (in the temporary directory), which makes a hot swap to a new build at the same path
+//! run the new code. Replace a plugin file by renaming the new one over it, never by writing
+//! into it: a library being rewritten while mapped can crash the process.
 
 use crate::c_abi::CAbiPlugin;
 use crate::error::LoadError;
@@ -83,8 +89,38 @@ impl OpenedPlugin {
 /// The file name suffix of shared libraries on this platform (`so`, `dylib`, `dll`).
 pub const LIBRARY_EXTENSION: &str = std::env::consts::DLL_EXTENSION;
 
+/// The path to hand to the dynamic loader for `path`: the file itself the first time, a fresh
+/// copy after that. The loader returns an already-loaded library for a path it has seen, even
+/// when the file has been replaced since, so reloading a path (a hot swap to a new build put
+/// in place of the old) would otherwise silently run the old code.
+fn loadable_copy(path: &Path) -> Result<PathBuf, LoadError> {
+    static LOADED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if !loaded.contains(&canonical) {
+        loaded.push(canonical);
+        return Ok(path.to_owned());
+    }
+    drop(loaded);
+    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("orchestrator-plugins-{}", std::process::id()));
+    let copy = dir.join(format!(
+        "{n}-{}",
+        path.file_name().and_then(|f| f.to_str()).unwrap_or("plugin")
+    ));
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::copy(path, &copy))
+        .map_err(|source| LoadError::NotFound {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(copy)
+}
+
 /// Opens the plugin library at `path` and builds its plugin, trying the stable ABI, then the
-/// C ABI, without registering it anywhere. The library stays mapped for the life of the process.
+/// C ABI, without registering it anywhere. The library stays mapped for the life of the process;
+/// opening the same path again maps a fresh copy of the file (see the module docs).
 pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
     let path = path.to_owned();
     match std::fs::metadata(&path) {
@@ -97,7 +133,8 @@ pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
         }
         Err(e) => return Err(LoadError::NotFound { path, source: e }),
     }
-    match lib_header_from_path(&path) {
+    let load_path = loadable_copy(&path)?;
+    match lib_header_from_path(&load_path) {
         Ok(header) => {
             let found = header.version_strings().version.as_str().to_owned();
             let expected = PluginModuleRef::VERSION_STRINGS.version.as_str();
@@ -128,7 +165,7 @@ pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
         }
         Err(LibraryError::GetSymbolError { .. }) => {
             // No stable-ABI header: the legacy C ABI, or nothing.
-            let plugin = CAbiPlugin::open(&path)?;
+            let plugin = CAbiPlugin::open(&load_path).map_err(|e| e.with_path(&path))?;
             let inspection = PluginInspection {
                 path,
                 abi: PluginAbi::CAbi,

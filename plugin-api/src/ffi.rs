@@ -239,8 +239,10 @@ impl<P: OrchestrationPlugin> FfiPlugin for ExportedPlugin<P> {
         let plugin = Arc::clone(&self.plugin);
         FfiFuture::new(async move {
             let result = contained(|| async move {
+                // The host serialized it: failing to read it is a host/plugin mismatch, not the
+                // caller's fault, so it must not stop the host's fallback.
                 let request: IntegrationRequest = serde_json::from_str(&request)
-                    .map_err(|e| PluginError::invalid_request(format!("request is not an IntegrationRequest: {e}")))?;
+                    .map_err(|e| PluginError::new(format!("the host sent a request this plugin cannot read: {e}")))?;
                 let response = plugin.process_request(request).await?;
                 serde_json::to_string(&response)
                     .map_err(|e| PluginError::new(format!("response does not serialize: {e}")))
@@ -406,48 +408,85 @@ struct HostBridge {
     handle: HostHandle,
 }
 
+/// Runs host code on behalf of a plugin across the boundary. The vtable's `extern "C"` frames
+/// cannot unwind, so a panic here would abort the process; it becomes `fallback` instead.
+fn host_side<T>(fallback: impl FnOnce() -> T, body: impl FnOnce() -> T) -> T {
+    panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| fallback())
+}
+
+fn host_panicked() -> RString {
+    encode_error(&PluginError::new("the host panicked while serving the plugin"))
+}
+
 impl FfiHost for HostBridge {
     fn plugin_config(&self, plugin: RStr<'_>) -> RString {
-        // A plugin reads its own configuration only.
-        let config = if plugin.as_str() == self.handle.plugin_name() {
-            self.handle.config()
-        } else {
-            Value::Null
-        };
-        config.to_string().into()
+        host_side(
+            || "null".into(),
+            || {
+                // A plugin reads its own configuration only.
+                let config = if plugin.as_str() == self.handle.plugin_name() {
+                    self.handle.config()
+                } else {
+                    Value::Null
+                };
+                config.to_string().into()
+            },
+        )
     }
 
     fn agent_loads(&self) -> RString {
-        serde_json::to_string(&self.handle.agent_loads())
-            .unwrap_or_else(|_| "[]".into())
-            .into()
+        host_side(
+            || "[]".into(),
+            || {
+                serde_json::to_string(&self.handle.agent_loads())
+                    .unwrap_or_else(|_| "[]".into())
+                    .into()
+            },
+        )
     }
 
     fn agents(&self) -> RString {
-        serde_json::to_string(&self.handle.agents())
-            .unwrap_or_else(|_| "[]".into())
-            .into()
+        host_side(
+            || "[]".into(),
+            || {
+                serde_json::to_string(&self.handle.agents())
+                    .unwrap_or_else(|_| "[]".into())
+                    .into()
+            },
+        )
     }
 
     fn agent(&self, id: RStr<'_>) -> ROption<RString> {
-        self.handle
-            .agent(id.as_str())
-            .and_then(|a| serde_json::to_string(&a).ok())
-            .map(RString::from)
-            .into()
+        host_side(
+            || ROption::RNone,
+            || {
+                self.handle
+                    .agent(id.as_str())
+                    .and_then(|a| serde_json::to_string(&a).ok())
+                    .map(RString::from)
+                    .into()
+            },
+        )
     }
 
     fn set_agent_status(&self, id: RStr<'_>, status: RStr<'_>) -> RResult<(), RString> {
-        let result = status
-            .as_str()
-            .parse::<AgentStatus>()
-            .map_err(|e| PluginError::invalid_request(e.to_string()))
-            .and_then(|status| self.handle.set_agent_status(id.as_str(), status));
-        result.map_err(|e| encode_error(&e)).into()
+        host_side(
+            || RResult::RErr(host_panicked()),
+            || {
+                let result = status
+                    .as_str()
+                    .parse::<AgentStatus>()
+                    .map_err(|e| PluginError::invalid_request(e.to_string()))
+                    .and_then(|status| self.handle.set_agent_status(id.as_str(), status));
+                result.map_err(|e| encode_error(&e)).into()
+            },
+        )
     }
 
     fn call(&self, request: RString) -> FfiFuture<RResult<RString, RString>> {
         let handle = self.handle.clone();
+        // Panics while the future is polled are caught by async-ffi and re-raised on the
+        // plugin's side, where `contained` turns them into an error.
         FfiFuture::new(async move {
             let request: IntegrationRequest = match serde_json::from_str(&request) {
                 Ok(r) => r,
@@ -468,31 +507,40 @@ impl FfiHost for HostBridge {
     }
 
     fn emit(&self, event: RString) {
-        if let Ok(event) = serde_json::from_str::<OrchestratorEvent>(&event) {
-            match event {
-                // A plugin speaks for itself only.
-                OrchestratorEvent::Custom { name, data, .. } => self.handle.emit(name, data),
-                other => self
-                    .handle
-                    .emit("forwarded", serde_json::to_value(other).unwrap_or_default()),
-            }
-        }
+        host_side(
+            || (),
+            || {
+                if let Ok(event) = serde_json::from_str::<OrchestratorEvent>(&event) {
+                    match event {
+                        // A plugin speaks for itself only.
+                        OrchestratorEvent::Custom { name, data, .. } => self.handle.emit(name, data),
+                        other => self
+                            .handle
+                            .emit("forwarded", serde_json::to_value(other).unwrap_or_default()),
+                    }
+                }
+            },
+        )
     }
 
     fn now_unix_ms(&self) -> u64 {
-        self.handle.now_unix_ms()
+        host_side(|| 0, || self.handle.now_unix_ms())
     }
 
     fn monotonic_ns(&self) -> u64 {
-        self.handle.monotonic_ns()
+        host_side(|| 0, || self.handle.monotonic_ns())
     }
 
     fn spawn(&self, task: FfiFuture<()>) {
-        self.handle.spawn(task);
+        // `task` moves into the closure; if spawning panics it is dropped on this side.
+        host_side(|| (), move || self.handle.spawn(task))
     }
 
     fn sleep(&self, nanos: u64) -> FfiFuture<()> {
-        FfiFuture::new(self.handle.sleep(Duration::from_nanos(nanos)))
+        host_side(
+            || FfiFuture::new(std::future::ready(())),
+            || FfiFuture::new(self.handle.sleep(Duration::from_nanos(nanos))),
+        )
     }
 }
 
