@@ -31,7 +31,10 @@
 //! (a panic fails the check, it does not abort the run) and bounded by a timeout.
 //!
 //! The kit brings its own small [`Host`]: no agents, no other capabilities, the configuration
-//! you give, and sleeping and spawning on plain threads, so it needs no async runtime.
+//! you give, and sleeping and spawning on plain threads, so it needs no async runtime. (A plugin
+//! that itself needs one, such as a legacy C ABI plugin without the `nonblocking` promise, which
+//! the host calls on Tokio's blocking pool, must be checked inside a Tokio runtime.) Each bounded
+//! call starts a timer thread that sleeps out the timeout even when the call answers sooner.
 
 use crate::ffi::{CatchUnwind, panic_message};
 use crate::{
