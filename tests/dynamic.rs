@@ -362,6 +362,10 @@ async fn a_new_build_at_a_loaded_path_is_what_gets_loaded() {
     std::fs::rename(&staged, &path).expect("rename over");
     let second = orch.load_plugin(&path).await.expect("loads the new file");
     assert_eq!(second.name, "FaultyPlugin");
-    assert_eq!(second.origin, PluginOrigin::StableAbi { path: path.clone() }, "the user's path is reported");
+    assert_eq!(
+        second.origin,
+        PluginOrigin::StableAbi { path: path.clone() },
+        "the user's path is reported"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
