@@ -153,9 +153,7 @@ fn analyse_task(data: &Value, agents: &AgentRegistry) -> Result<Value, String> {
         .collect();
     let vocabulary: BTreeSet<&str> = words.iter().map(String::as_str).collect();
     let mut known_capabilities = BTreeSet::new();
-    for agent in agents.entries() {
-        known_capabilities.extend(agent.capabilities.iter().cloned());
-    }
+    agents.for_each(|agent| known_capabilities.extend(agent.capabilities.iter().cloned()));
     let required: Vec<String> = known_capabilities
         .into_iter()
         .filter(|cap| {
