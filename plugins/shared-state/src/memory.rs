@@ -1,0 +1,214 @@
+//! The in-memory backend: the embedded default, for one process.
+//!
+//! Values sit in a [`DashMap`], so a compare-and-set locks one shard for the length of a
+//! comparison and never waits on an unrelated key. Load counters and workflows sit behind one
+//! mutex each: a least-loaded pick reads several counters and bumps one, which must be one step,
+//! and these maps are small and touched briefly (no lock is held across an `.await`; there is
+//! none in this file).
+
+use crate::store::{CasOutcome, StateStore, StoreError, TaskState, Versioned, WorkflowProgress, WorkflowUpdate};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+/// Shared state held in this process's memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    values: DashMap<String, Versioned>,
+    loads: Mutex<HashMap<String, u64>>,
+    workflows: Mutex<HashMap<String, Vec<(String, TaskState)>>>,
+}
+
+/// Locks `m`, taking the data as it is if a panicking thread poisoned it (every update here is
+/// a single assignment, so the data is never half-written).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn task_key(task_id: &str) -> String {
+    format!("task/{task_id}")
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn conditional_set(
+        &self,
+        key: &str,
+        value: &Value,
+        matches: impl FnOnce(Option<&Versioned>) -> bool,
+    ) -> CasOutcome {
+        match self.values.entry(key.to_owned()) {
+            dashmap::Entry::Occupied(mut slot) => {
+                if matches(Some(slot.get())) {
+                    let version = slot.get().version + 1;
+                    slot.insert(Versioned {
+                        value: value.clone(),
+                        version,
+                    });
+                    CasOutcome {
+                        applied: true,
+                        version,
+                        value: value.clone(),
+                    }
+                } else {
+                    CasOutcome {
+                        applied: false,
+                        version: slot.get().version,
+                        value: slot.get().value.clone(),
+                    }
+                }
+            }
+            dashmap::Entry::Vacant(slot) => {
+                if matches(None) {
+                    slot.insert(Versioned {
+                        value: value.clone(),
+                        version: 1,
+                    });
+                    CasOutcome {
+                        applied: true,
+                        version: 1,
+                        value: value.clone(),
+                    }
+                } else {
+                    CasOutcome {
+                        applied: false,
+                        version: 0,
+                        value: Value::Null,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".to_owned()
+    }
+
+    async fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        Ok(self.values.get(key).map(|v| v.value().clone()).unwrap_or(Versioned {
+            value: Value::Null,
+            version: 0,
+        }))
+    }
+
+    async fn compare_and_set(&self, key: &str, expected_version: u64, value: &Value) -> Result<CasOutcome, StoreError> {
+        Ok(self.conditional_set(key, value, |current| {
+            current.map_or(0, |c| c.version) == expected_version
+        }))
+    }
+
+    async fn transition(&self, task_id: &str, from: TaskState, to: TaskState) -> Result<CasOutcome, StoreError> {
+        let from_value = Value::from(from.as_str());
+        Ok(
+            self.conditional_set(&task_key(task_id), &Value::from(to.as_str()), |current| match current {
+                None => from == TaskState::Pending,
+                Some(current) => current.value == from_value,
+            }),
+        )
+    }
+
+    async fn acquire(&self, agent: &str) -> Result<u64, StoreError> {
+        let mut loads = lock(&self.loads);
+        let load = loads.entry(agent.to_owned()).or_insert(0);
+        *load += 1;
+        Ok(*load)
+    }
+
+    async fn release(&self, agent: &str) -> Result<u64, StoreError> {
+        let mut loads = lock(&self.loads);
+        Ok(match loads.get_mut(agent) {
+            Some(load) => {
+                *load = load.saturating_sub(1);
+                *load
+            }
+            None => 0,
+        })
+    }
+
+    async fn loads(&self, agents: Option<&[String]>) -> Result<BTreeMap<String, u64>, StoreError> {
+        let loads = lock(&self.loads);
+        Ok(match agents {
+            Some(agents) => agents
+                .iter()
+                .map(|a| (a.clone(), loads.get(a).copied().unwrap_or(0)))
+                .collect(),
+            None => loads.iter().map(|(a, n)| (a.clone(), *n)).collect(),
+        })
+    }
+
+    async fn pick_least_loaded(
+        &self,
+        candidates: &[String],
+        acquire: bool,
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        let mut loads = lock(&self.loads);
+        let Some(best) = candidates
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, a)| (loads.get(a.as_str()).copied().unwrap_or(0), *i))
+            .map(|(_, a)| a)
+        else {
+            return Ok(None);
+        };
+        let load = loads.entry(best.clone()).or_insert(0);
+        if acquire {
+            *load += 1;
+        }
+        Ok(Some((best.clone(), *load)))
+    }
+
+    async fn define_workflow(&self, workflow_id: &str, tasks: &[String]) -> Result<WorkflowProgress, StoreError> {
+        let states: Vec<(String, TaskState)> = tasks.iter().map(|t| (t.clone(), TaskState::Pending)).collect();
+        let progress = WorkflowProgress::from_states(workflow_id, states.iter().map(|(_, s)| s.as_str()))?;
+        lock(&self.workflows).insert(workflow_id.to_owned(), states);
+        Ok(progress)
+    }
+
+    async fn update_workflow(
+        &self,
+        workflow_id: &str,
+        task_id: &str,
+        state: TaskState,
+    ) -> Result<WorkflowUpdate, StoreError> {
+        let mut workflows = lock(&self.workflows);
+        let tasks = workflows
+            .get_mut(workflow_id)
+            .ok_or_else(|| StoreError::NotFound(format!("no workflow `{workflow_id}`: define it first")))?;
+        let before = WorkflowProgress::from_states(workflow_id, tasks.iter().map(|(_, s)| s.as_str()))?;
+        let slot = tasks
+            .iter_mut()
+            .find(|(t, _)| t == task_id)
+            .ok_or_else(|| StoreError::NotFound(format!("workflow `{workflow_id}` has no task `{task_id}`")))?;
+        let previous = slot.1;
+        if previous != state && !previous.can_become(state) {
+            return Err(StoreError::IllegalTransition {
+                from: previous,
+                to: state,
+            });
+        }
+        slot.1 = state;
+        let progress = WorkflowProgress::from_states(workflow_id, tasks.iter().map(|(_, s)| s.as_str()))?;
+        Ok(WorkflowUpdate {
+            previous,
+            completed_now: progress.complete && !before.complete,
+            progress,
+        })
+    }
+
+    async fn workflow_progress(&self, workflow_id: &str) -> Result<WorkflowProgress, StoreError> {
+        let workflows = lock(&self.workflows);
+        let tasks = workflows
+            .get(workflow_id)
+            .ok_or_else(|| StoreError::NotFound(format!("no workflow `{workflow_id}`: define it first")))?;
+        WorkflowProgress::from_states(workflow_id, tasks.iter().map(|(_, s)| s.as_str()))
+    }
+}

@@ -1,0 +1,424 @@
+//! The `StateStore` contract, run against both backends (memory, and a real `redis-server` on a
+//! loopback port), and what only Redis can show: several OS processes racing for the same keys,
+//! the read-then-write race the scripts exist to prevent, and Redis going away and coming back.
+
+mod common;
+
+use common::RedisServer;
+use plugin_shared_state::{MemoryStore, RedisStore, StateStore, StoreError, TaskState};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static NEXT_NAMESPACE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn namespace() -> String {
+    let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test{}-{n}", std::process::id())
+}
+
+/// Everything both backends must do alike.
+async fn contract(store: Arc<dyn StateStore>) {
+    // Versioned values.
+    let absent = store.get("k").await.expect("get");
+    assert_eq!((absent.value, absent.version), (Value::Null, 0));
+    let first = store
+        .compare_and_set("k", 0, &json!({"owner": "a"}))
+        .await
+        .expect("cas");
+    assert!(first.applied);
+    assert_eq!(first.version, 1);
+    let conflict = store
+        .compare_and_set("k", 0, &json!({"owner": "b"}))
+        .await
+        .expect("cas");
+    assert!(!conflict.applied, "{conflict:?}");
+    assert_eq!((conflict.version, conflict.value.clone()), (1, json!({"owner": "a"})));
+    let second = store.compare_and_set("k", 1, &json!([1, 2, 3])).await.expect("cas");
+    assert!(second.applied);
+    assert_eq!(second.version, 2);
+    assert_eq!(store.get("k").await.expect("get").value, json!([1, 2, 3]));
+    let stale = store.compare_and_set("k", 7, &json!(null)).await.expect("cas");
+    assert!(!stale.applied);
+    assert_eq!(stale.version, 2);
+
+    // Task transitions: an unknown task is pending.
+    let t = store
+        .transition("t1", TaskState::Pending, TaskState::Assigned)
+        .await
+        .expect("transition");
+    assert!(t.applied);
+    assert_eq!(t.value, json!("assigned"));
+    assert!(
+        store
+            .transition("t1", TaskState::Assigned, TaskState::Running)
+            .await
+            .expect("transition")
+            .applied
+    );
+    let late = store
+        .transition("t1", TaskState::Pending, TaskState::Assigned)
+        .await
+        .expect("transition");
+    assert!(!late.applied);
+    assert_eq!((late.value, late.version), (json!("running"), 2));
+    assert_eq!(store.get("task/t1").await.expect("get").value, json!("running"));
+    let unknown = store
+        .transition("t2", TaskState::Running, TaskState::Done)
+        .await
+        .expect("transition");
+    assert!(!unknown.applied, "an unknown task is pending, not running");
+
+    // Load counters, never below zero.
+    assert_eq!(store.acquire("a").await.expect("acquire"), 1);
+    assert_eq!(store.acquire("a").await.expect("acquire"), 2);
+    assert_eq!(store.acquire("b").await.expect("acquire"), 1);
+    assert_eq!(store.release("b").await.expect("release"), 0);
+    assert_eq!(store.release("b").await.expect("release"), 0);
+    assert_eq!(store.release("never").await.expect("release"), 0);
+    let loads = store
+        .loads(Some(&["a".into(), "b".into(), "c".into()]))
+        .await
+        .expect("loads");
+    assert_eq!(
+        loads,
+        BTreeMap::from([("a".into(), 2), ("b".into(), 0), ("c".into(), 0)])
+    );
+    assert_eq!(store.loads(None).await.expect("loads").get("a"), Some(&2));
+
+    // Least-loaded pick: ties go to the first listed; acquire takes a unit in the same step.
+    let candidates: Vec<String> = ["a", "c", "b"].map(String::from).to_vec();
+    assert_eq!(
+        store.pick_least_loaded(&candidates, false).await.expect("pick"),
+        Some(("c".into(), 0))
+    );
+    assert_eq!(
+        store.pick_least_loaded(&candidates, true).await.expect("pick"),
+        Some(("c".into(), 1))
+    );
+    assert_eq!(
+        store.pick_least_loaded(&candidates, true).await.expect("pick"),
+        Some(("b".into(), 1))
+    );
+    assert_eq!(store.pick_least_loaded(&[], true).await.expect("pick"), None);
+
+    // Workflows.
+    let tasks: Vec<String> = ["x", "y"].map(String::from).to_vec();
+    let defined = store.define_workflow("w", &tasks).await.expect("define");
+    assert_eq!((defined.total, defined.pending, defined.complete), (2, 2, false));
+    let illegal = store.update_workflow("w", "x", TaskState::Done).await;
+    assert!(
+        matches!(
+            illegal,
+            Err(StoreError::IllegalTransition {
+                from: TaskState::Pending,
+                to: TaskState::Done
+            })
+        ),
+        "{illegal:?}"
+    );
+    for state in [TaskState::Assigned, TaskState::Running, TaskState::Done] {
+        let update = store.update_workflow("w", "x", state).await.expect("update");
+        assert!(!update.completed_now);
+    }
+    let again = store
+        .update_workflow("w", "x", TaskState::Done)
+        .await
+        .expect("repeating a state is allowed");
+    assert_eq!(again.previous, TaskState::Done);
+    for state in [TaskState::Assigned, TaskState::Running] {
+        store.update_workflow("w", "y", state).await.expect("update");
+    }
+    let last = store
+        .update_workflow("w", "y", TaskState::Failed)
+        .await
+        .expect("update");
+    assert!(last.completed_now && last.progress.complete);
+    assert_eq!((last.progress.done, last.progress.failed), (1, 1));
+    let repeat = store
+        .update_workflow("w", "y", TaskState::Failed)
+        .await
+        .expect("update");
+    assert!(!repeat.completed_now, "completion is reported once");
+    assert!(matches!(
+        store.update_workflow("w", "zz", TaskState::Assigned).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.update_workflow("nope", "x", TaskState::Assigned).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.workflow_progress("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.workflow_progress("w").await.expect("progress").complete);
+
+    // No lost update: 16 tasks increment one counter by compare-and-set with retries.
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                loop {
+                    let current = store.get("counter").await.expect("get");
+                    let next = current.value.as_u64().unwrap_or(0) + 1;
+                    if store
+                        .compare_and_set("counter", current.version, &json!(next))
+                        .await
+                        .expect("cas")
+                        .applied
+                    {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("joins");
+    }
+    let counter = store.get("counter").await.expect("get");
+    assert_eq!((counter.value, counter.version), (json!(800), 800));
+
+    // Load counters exact under concurrent acquire and release.
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let agent = format!("busy{}", i % 4);
+            for _ in 0..50 {
+                store.acquire(&agent).await.expect("acquire");
+            }
+            for _ in 0..30 {
+                store.release(&agent).await.expect("release");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("joins");
+    }
+    let agents: Vec<String> = (0..4).map(|i| format!("busy{i}")).collect();
+    let loads = store.loads(Some(&agents)).await.expect("loads");
+    assert!(loads.values().all(|&n| n == 4 * 20), "{loads:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_memory_backend_keeps_the_contract() {
+    contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_backend_keeps_the_contract() {
+    let Some(server) = RedisServer::start() else { return };
+    let store = RedisStore::open(&server.url(), &namespace()).expect("opens");
+    contract(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn the_redis_backend_reloads_its_scripts_after_a_script_flush() {
+    let Some(server) = RedisServer::start() else { return };
+    let store = RedisStore::open(&server.url(), &namespace()).expect("opens");
+    assert!(store.compare_and_set("k", 0, &json!(1)).await.expect("cas").applied);
+    assert!(server.command(&["SCRIPT", "FLUSH"]).starts_with("+OK"));
+    assert!(
+        store
+            .compare_and_set("k", 1, &json!(2))
+            .await
+            .expect("cas after flush")
+            .applied
+    );
+}
+
+#[tokio::test]
+async fn namespaces_keep_stores_apart() {
+    let Some(server) = RedisServer::start() else { return };
+    let a = RedisStore::open(&server.url(), "alpha").expect("opens");
+    let b = RedisStore::open(&server.url(), "beta").expect("opens");
+    assert!(a.compare_and_set("k", 0, &json!("a")).await.expect("cas").applied);
+    assert!(b.compare_and_set("k", 0, &json!("b")).await.expect("cas").applied);
+    assert_eq!(a.get("k").await.expect("get").value, json!("a"));
+    assert!(server.command(&["EXISTS", "alpha:kv:k"]).starts_with(":1"));
+}
+
+/// The child side of the multi-process race: claims every key it can, prints what it got.
+#[tokio::test]
+async fn claim_worker() {
+    let Ok(url) = std::env::var("ORCH_CLAIM_URL") else {
+        return;
+    };
+    let ns = std::env::var("ORCH_CLAIM_NS").expect("namespace");
+    let me = std::env::var("ORCH_CLAIM_NAME").expect("name");
+    let keys: usize = std::env::var("ORCH_CLAIM_KEYS")
+        .expect("keys")
+        .parse()
+        .expect("a number");
+    let offset: usize = std::env::var("ORCH_CLAIM_OFFSET")
+        .expect("offset")
+        .parse()
+        .expect("a number");
+    let store = RedisStore::open(&url, &ns).expect("opens");
+    // Wait for the start signal so that every process races at once.
+    while store.get("start").await.expect("get").version == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut claimed = Vec::new();
+    for i in 0..keys {
+        let key = format!("claim/{}", (i + offset) % keys);
+        if store.compare_and_set(&key, 0, &json!(me)).await.expect("cas").applied {
+            claimed.push(key);
+        }
+    }
+    println!("CLAIMED {}", serde_json::to_string(&claimed).expect("encodes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_racing_for_the_same_keys_each_claim_a_key_exactly_once() {
+    const KEYS: usize = 2_000;
+    const PROCESSES: usize = 4;
+    let Some(server) = RedisServer::start() else { return };
+    let ns = namespace();
+    let exe = std::env::current_exe().expect("test binary");
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|p| {
+            std::process::Command::new(&exe)
+                .args(["claim_worker", "--exact", "--nocapture", "--test-threads=1"])
+                .env("ORCH_CLAIM_URL", server.url())
+                .env("ORCH_CLAIM_NS", &ns)
+                .env("ORCH_CLAIM_NAME", format!("p{p}"))
+                .env("ORCH_CLAIM_KEYS", KEYS.to_string())
+                // Overlapping orders: every process contends with the others all the way.
+                .env("ORCH_CLAIM_OFFSET", (p * 7).to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawns a worker")
+        })
+        .collect();
+    let store = RedisStore::open(&server.url(), &ns).expect("opens");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        store
+            .compare_and_set("start", 0, &json!(true))
+            .await
+            .expect("cas")
+            .applied
+    );
+
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    for (p, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().expect("worker ends");
+        assert!(output.status.success(), "worker {p} failed");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("CLAIMED ").map(|(_, claims)| claims))
+            .unwrap_or_else(|| panic!("worker {p} printed no claims: {stdout}"));
+        let claimed: Vec<String> = serde_json::from_str(line).expect("claims parse");
+        for key in claimed {
+            if let Some(other) = owners.insert(key.clone(), format!("p{p}")) {
+                panic!("{key} claimed by both {other} and p{p}");
+            }
+        }
+    }
+    assert_eq!(owners.len(), KEYS, "every key claimed");
+    for (key, owner) in &owners {
+        let stored = store.get(key).await.expect("get");
+        assert_eq!((stored.value, stored.version), (json!(owner), 1), "{key}");
+    }
+    let distinct: HashSet<&String> = owners.values().collect();
+    assert!(distinct.len() > 1, "the processes raced (more than one won keys)");
+}
+
+/// The control: the same interleaving (both read, then both write) breaks a read-then-write
+/// claim, and does not break compare-and-set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_then_write_loses_a_claim_where_compare_and_set_does_not() {
+    let Some(server) = RedisServer::start() else { return };
+    let store = Arc::new(RedisStore::open(&server.url(), &namespace()).expect("opens"));
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+
+    // Read-then-write: each claimant reads "absent", then writes its name.
+    let mut handles = Vec::new();
+    for me in ["a", "b"] {
+        let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+        handles.push(tokio::spawn(async move {
+            let seen = store.get("rtw").await.expect("get");
+            barrier.wait().await;
+            if seen.value.is_null() {
+                // A blind write of what was read plus one: the naive claim.
+                let current = store.get("rtw").await.expect("get");
+                store
+                    .compare_and_set("rtw", current.version, &json!(me))
+                    .await
+                    .expect("write");
+                return true;
+            }
+            false
+        }));
+    }
+    let mut winners = 0;
+    for h in handles {
+        winners += usize::from(h.await.expect("joins"));
+    }
+    assert_eq!(winners, 2, "read-then-write: both claimants believe they won");
+
+    // Compare-and-set on the version read: the same interleaving, one winner.
+    let mut handles = Vec::new();
+    for me in ["a", "b"] {
+        let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+        handles.push(tokio::spawn(async move {
+            let seen = store.get("cas").await.expect("get");
+            barrier.wait().await;
+            store
+                .compare_and_set("cas", seen.version, &json!(me))
+                .await
+                .expect("cas")
+                .applied
+        }));
+    }
+    let mut winners = 0;
+    for h in handles {
+        winners += usize::from(h.await.expect("joins"));
+    }
+    assert_eq!(winners, 1, "compare-and-set: exactly one claimant wins");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_fast_while_redis_is_down_and_succeed_once_it_is_back() {
+    let Some(mut server) = RedisServer::start() else { return };
+    let port = server.port;
+    let url = server.url();
+    let store = RedisStore::open_with_timeout(&url, &namespace(), Duration::from_millis(500)).expect("opens");
+    assert!(store.compare_and_set("k", 0, &json!(1)).await.expect("cas").applied);
+
+    server.stop();
+    let started = Instant::now();
+    let err = store.get("k").await.expect_err("Redis is down");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains(&url), "the error names the URL: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    assert!(store.acquire("a").await.is_err());
+
+    let _server = RedisServer::start_on(port).expect("restarts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.compare_and_set("k", 0, &json!("after")).await {
+            Ok(outcome) => {
+                // The restarted server kept nothing (no persistence here): version 0 again.
+                assert!(outcome.applied, "{outcome:?}");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("still failing 10 s after Redis came back: {e}"),
+        }
+    }
+    assert_eq!(store.get("k").await.expect("get").value, json!("after"));
+}
