@@ -45,16 +45,20 @@ pub use plugin_api::{
 
 pub use plugin_routing::ContextAwareRoutingPlugin;
 pub use plugin_security::SecurityIntegrationPlugin;
+pub use plugin_shared_state::SharedStatePlugin;
+pub use plugin_task_coordination::TaskCoordinationPlugin;
 pub use plugin_workflow::EnhancedWorkflowPlugin;
 
 /// `with_default_plugins()` for [`OrchestratorBuilder`]: the plugins this crate ships, linked
 /// statically.
 ///
-/// Today that is three of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
+/// Today that is five of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
 /// (`extended_thinking`, `slash_commands`, `quality_gates`), [`ContextAwareRoutingPlugin`]
-/// (`semantic_routing`, `agent_profiling`, `performance_learning`) and
-/// [`SecurityIntegrationPlugin`] (`oauth_auth`, `rbac_enforcement`, `audit_logging`). The others
-/// join as they land.
+/// (`semantic_routing`, `agent_profiling`, `performance_learning`),
+/// [`SecurityIntegrationPlugin`] (`oauth_auth`, `rbac_enforcement`, `audit_logging`),
+/// [`SharedStatePlugin`] (`atomic_updates`, `real_time_balancing`, `workflow_tracking`; in memory
+/// unless configured for Redis) and [`TaskCoordinationPlugin`] (`agent_requests`,
+/// `task_mapping`, `workload_analysis`). The others join as they land.
 ///
 /// ```
 /// use orchestrator::prelude::*;
@@ -75,6 +79,8 @@ impl DefaultPlugins for OrchestratorBuilder {
         self.plugin(EnhancedWorkflowPlugin::default())
             .plugin(ContextAwareRoutingPlugin::default())
             .plugin(SecurityIntegrationPlugin::default())
+            .plugin(SharedStatePlugin::default())
+            .plugin(TaskCoordinationPlugin::default())
     }
 }
 

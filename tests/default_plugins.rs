@@ -7,7 +7,7 @@ use orchestrator::prelude::*;
 use orchestrator::{PluginOrigin, plugin_api::testkit};
 use serde_json::json;
 
-const SHIPPED: [(&str, &str, &str, [&str; 3]); 3] = [
+const SHIPPED: [(&str, &str, &str, [&str; 3]); 5] = [
     (
         "plugin-workflow",
         "workflow_plugin",
@@ -25,6 +25,18 @@ const SHIPPED: [(&str, &str, &str, [&str; 3]); 3] = [
         "security_plugin",
         "SecurityIntegrationPlugin",
         ["oauth_auth", "rbac_enforcement", "audit_logging"],
+    ),
+    (
+        "plugin-shared-state",
+        "shared_state_plugin",
+        "SharedStatePlugin",
+        ["atomic_updates", "real_time_balancing", "workflow_tracking"],
+    ),
+    (
+        "plugin-task-coordination",
+        "task_coordination_plugin",
+        "TaskCoordinationPlugin",
+        ["agent_requests", "task_mapping", "workload_analysis"],
     ),
 ];
 

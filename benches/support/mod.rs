@@ -42,19 +42,11 @@ impl OrchestrationPlugin for MinimalPlugin {
     }
 }
 
-/// The nine plugins: the three this crate ships (`with_default_plugins()`), and six stand-ins
-/// with the names and capabilities of the plugin crates still to come, so that registration is
+/// The nine plugins: the ones this crate ships (`with_default_plugins()`), and stand-ins with
+/// the names and capabilities of the plugin crates still to come, so that registration is
 /// measured with nine plugins receiving its events.
 pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
-    const TO_COME: [(&str, [&str; 3]); 6] = [
-        (
-            "SharedStatePlugin",
-            ["atomic_updates", "real_time_balancing", "workflow_tracking"],
-        ),
-        (
-            "TaskCoordinationPlugin",
-            ["agent_requests", "task_mapping", "workload_analysis"],
-        ),
+    const TO_COME: [(&str, [&str; 3]); 4] = [
         (
             "PerformanceMonitoringPlugin",
             ["real_time_monitoring", "task_performance", "auto_scaling"],
