@@ -14,6 +14,7 @@ pub(crate) struct RedisServer {
     child: Option<Child>,
     pub(crate) port: u16,
     dir: std::path::PathBuf,
+    durable: bool,
 }
 
 fn free_port() -> u16 {
@@ -28,53 +29,69 @@ fn in_ci() -> bool {
 }
 
 impl RedisServer {
-    /// A fresh server, or `None` (with a message) when there is no `redis-server` outside CI.
+    /// A fresh server keeping nothing on disk, or `None` (with a message) when there is no
+    /// `redis-server` outside CI.
     pub(crate) fn start() -> Option<Self> {
-        Self::start_on(free_port())
+        Self::launch(false)
     }
 
-    /// A server on `port` (to restart one where clients expect it).
-    pub(crate) fn start_on(port: u16) -> Option<Self> {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+    /// A fresh server that syncs every write to its append-only file before answering
+    /// (`appendfsync always`), so that a SIGKILL loses nothing it acknowledged.
+    pub(crate) fn start_durable() -> Option<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(durable: bool) -> Option<Self> {
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("orch-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::create_dir_all(&dir);
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            durable,
+        };
+        server.spawn().then_some(server)
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and directory.
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        assert!(self.spawn(), "redis-server restarts");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let persistence: &[&str] = if self.durable {
+            &["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--save", "", "--appendonly", "no"]
+        };
         let spawned = Command::new(&binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(persistence)
             .arg("--dir")
-            .arg(&dir)
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let child = match spawned {
-            Ok(child) => child,
+        match spawned {
+            Ok(child) => self.child = Some(child),
             Err(e) if !in_ci() => {
                 eprintln!("SKIPPED: cannot start `{binary}` ({e}); install redis-server to run the Redis tests");
-                return None;
+                return false;
             }
             Err(e) => panic!("CI=true and `{binary}` cannot start: {e}"),
-        };
-        let server = RedisServer {
-            child: Some(child),
-            port,
-            dir,
-        };
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if server.ping() {
-                return Some(server);
+            if self.ping() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {port} did not answer PING within 10 s");
+        panic!("redis-server on port {} did not answer PING within 10 s", self.port);
     }
 
     pub(crate) fn url(&self) -> String {
