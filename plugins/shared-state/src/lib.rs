@@ -19,7 +19,8 @@
 //!   pending (handed back) and failed -> pending (retry). An unknown task is pending. A move the
 //!   state machine forbids is refused with an error naming both states; a task that is not in
 //!   `from` any more gives `applied: false` and its current state. The state is stored under the
-//!   key `task/<task_id>`, so `get` reads it.
+//!   key `task/<task_id>`, so `get` reads it; `cas` refuses `task/` keys, so that every change of
+//!   a task's state keeps to the state machine.
 //!
 //! **`real_time_balancing`**: shared per-agent load counters.
 //! - `{"op": "pick" (default), "available_agents"?: [id], "acquire"?: bool}` -> `{"selected_agent",
@@ -42,7 +43,7 @@
 //!   with several processes updating it.
 //! - The durable queue (Redis backend only; see [`TaskQueue`]):
 //!   `{"op": "enqueue", "queue", "task": any}` -> `{"id"}`;
-//!   `{"op": "take", "queue", "consumer", "count"? (1), "wait_ms"? (0, at most 5000)}` ->
+//!   `{"op": "take", "queue", "consumer", "count"? (1), "wait_ms"? (0, at most 1000)}` ->
 //!   `{"tasks": [{"id", "task", "deliveries"}], "dead_lettered"}`;
 //!   `{"op": "ack", "queue", "id"}` -> `{"acked"}`;
 //!   `{"op": "dead_letters", "queue", "limit"? (100)}` -> `{"tasks": [{"id", "source_id", "task",
@@ -51,8 +52,10 @@
 //! Malformed requests (a missing or mistyped field, an unknown `op`, a key over 512 bytes or with
 //! control characters, a value over `max_value_bytes`) are refused with
 //! `PluginError::invalid_request`, saying what was expected. While Redis is unreachable, calls fail
-//! at once (within `op_timeout_ms`) with an error naming the URL; they succeed again when it is
-//! back.
+//! with an error naming the URL: at once when the connection is refused, after `op_timeout_ms`
+//! when the server does not answer. They succeed again when it is back. A call that timed out
+//! may still have been applied (a `cas`, a `pick` with `acquire`): read the state back before
+//! retrying one that is not idempotent.
 //!
 //! # Configuration
 //!
@@ -60,8 +63,8 @@
 //! [SharedStatePlugin]
 //! backend = "redis"                  # or "memory" (the default)
 //! url = "redis://127.0.0.1:6379"     # required for redis
-//! namespace = "orchestrator"         # every Redis key starts with it (default "orchestrator")
-//! op_timeout_ms = 2000               # bound on each Redis call (default 2000)
+//! namespace = "orchestrator"         # every Redis key starts with it (default "orchestrator"; no `:`)
+//! op_timeout_ms = 1000               # bound on each Redis call (default 1000)
 //! max_value_bytes = 1048576          # largest value accepted, as JSON text (default 1 MiB)
 //!
 //! [SharedStatePlugin.queue]
@@ -264,6 +267,11 @@ impl SharedStatePlugin {
             }
             "cas" => {
                 let key = key_field(data, "key", EXPECTED)?;
+                if key.starts_with("task/") {
+                    return Err(PluginError::invalid_request(format!(
+                        "`{key}` holds a task state: change it with {{\"op\": \"transition\"}}, which keeps to the state machine"
+                    )));
+                }
                 let expected_version = u64_field(data, "expected_version", EXPECTED)?.ok_or_else(|| {
                     PluginError::invalid_request(format!(
                         "missing `expected_version` (0 creates the key); expected {EXPECTED}"
@@ -441,7 +449,9 @@ impl SharedStatePlugin {
                 let queue = Self::queue(shared, data, EXPECTED)?;
                 let consumer = key_field(data, "consumer", EXPECTED)?;
                 let count = u64_field(data, "count", EXPECTED)?.unwrap_or(1);
-                let wait_ms = u64_field(data, "wait_ms", EXPECTED)?.unwrap_or(0).min(5_000);
+                // Well inside the host's call timeout: a take the host gave up on may still have
+                // taken tasks, which would then wait out `claim_idle`.
+                let wait_ms = u64_field(data, "wait_ms", EXPECTED)?.unwrap_or(0).min(1_000);
                 let taken = queue
                     .take(
                         consumer,

@@ -159,10 +159,12 @@ impl StateStore for MemoryStore {
         else {
             return Ok(None);
         };
-        let load = loads.entry(best.clone()).or_insert(0);
-        if acquire {
-            *load += 1;
+        if !acquire {
+            // Only a write creates an entry, as on Redis: `loads(None)` lists the same agents.
+            return Ok(Some((best.clone(), loads.get(best.as_str()).copied().unwrap_or(0))));
         }
+        let load = loads.entry(best.clone()).or_insert(0);
+        *load += 1;
         Ok(Some((best.clone(), *load)))
     }
 

@@ -3,17 +3,23 @@
 //! Producers [`enqueue`](TaskQueue::enqueue); consumers, each with a name unique to it, in one
 //! consumer group, [`take`](TaskQueue::take) tasks and [`ack`](TaskQueue::ack) them when done.
 //! A task taken and not acknowledged stays pending, held by its consumer; once it has been idle
-//! for `claim_idle` (its consumer died, or hangs), the next `take` by any consumer claims it
-//! (XAUTOCLAIM), which counts one more delivery. A task delivered `max_deliveries` times that
-//! goes idle again is poison: it moves to the dead-letter stream (`<queue>:dead`), where
+//! for `claim_idle` (its consumer died, or hangs), the next `take` by any consumer claims it,
+//! which counts one more delivery. A task delivered `max_deliveries` times that goes idle again
+//! is poison: it moves to the dead-letter stream (`<queue>:dead`), where
 //! [`dead_letters`](TaskQueue::dead_letters) reads it, instead of being delivered again.
 //!
+//! Claiming uses `XPENDING ... IDLE` and `XCLAIM` rather than `XAUTOCLAIM`: the pending list's
+//! idle filter finds a dead consumer's tasks wherever they sit (XAUTOCLAIM scans a window from a
+//! cursor, so tasks behind many busy ones wait for later calls), and it names the consumer that
+//! held a poison task, which the dead letter records.
+//!
 //! Delivery is at least once: a consumer that was only slow, not dead, may finish a task that
-//! was meanwhile claimed by another. Once a task is acknowledged it is deleted and never
+//! was meanwhile claimed by another, and a `take` whose caller gave up (a timeout) may have taken
+//! tasks that then return after `claim_idle`. Once a task is acknowledged it is deleted and never
 //! delivered again. Each `take` is one Lua script (dead-lettering, claiming and reading new
-//! entries in one atomic step), so two consumers never move the same poison task twice. Waiting
-//! for work polls with short sleeps instead of XREADGROUP BLOCK, which would stall the one
-//! multiplexed connection that every call of the store shares.
+//! entries in one atomic step), so two consumers never claim or move the same task at once.
+//! Waiting for work polls with short sleeps instead of XREADGROUP BLOCK, which would stall the
+//! one multiplexed connection that every call of the store shares.
 
 use crate::redis_store::RedisShared;
 use crate::store::{StoreError, check_key};
@@ -33,25 +39,32 @@ local function field(fields, name)
   for i = 1, #fields, 2 do if fields[i] == name then return fields[i + 1] end end
   return 'null'
 end
-local dead_lettered = 0
-for _, p in ipairs(redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', 100)) do
-  if p[4] >= max_deliveries then
-    local entry = redis.call('XRANGE', stream, p[1], p[1])
-    local task = 'null'
-    if entry[1] then task = field(entry[1][2], 'task') end
-    redis.call('XADD', dead, '*', 'task', task, 'source_id', p[1], 'deliveries', p[4], 'last_consumer', p[2])
-    redis.call('XACK', stream, group, p[1])
-    redis.call('XDEL', stream, p[1])
-    dead_lettered = dead_lettered + 1
+local dead_lettered, out = 0, {}
+-- Tasks idle past min_idle in any consumer's hands, wherever they sit in the pending list:
+-- poison ones (delivered max_deliveries times) to the dead letters, the rest claimed.
+for _ = 1, 10 do
+  local want = count - #out
+  if want <= 0 then break end
+  local stale = redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', want + 16)
+  for _, p in ipairs(stale) do
+    if #out >= count then break end
+    local id, holder, deliveries = p[1], p[2], p[4]
+    if deliveries >= max_deliveries then
+      local entry = redis.call('XRANGE', stream, id, id)
+      local task = 'null'
+      if entry[1] then task = field(entry[1][2], 'task') end
+      redis.call('XADD', dead, '*', 'task', task, 'source_id', id, 'deliveries', deliveries, 'last_consumer', holder)
+      redis.call('XACK', stream, group, id)
+      redis.call('XDEL', stream, id)
+      dead_lettered = dead_lettered + 1
+    else
+      local claimed = redis.call('XCLAIM', stream, group, consumer, min_idle, id)
+      if claimed[1] then
+        table.insert(out, {id, field(claimed[1][2], 'task'), deliveries + 1})
+      end
+    end
   end
-end
-local out = {}
-local claimed = redis.call('XAUTOCLAIM', stream, group, consumer, min_idle, '0-0', 'COUNT', count)
-for _, e in ipairs(claimed[2]) do
-  local deliveries = 1
-  local info = redis.call('XPENDING', stream, group, e[1], e[1], 1)
-  if info[1] then deliveries = info[1][4] end
-  table.insert(out, {e[1], field(e[2], 'task'), deliveries})
+  if #stale < want + 16 then break end
 end
 if #out < count then
   local fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #out, 'STREAMS', stream, '>')
@@ -195,6 +208,12 @@ impl TaskQueue {
     pub(crate) fn new(shared: Arc<RedisShared>, name: &str, options: QueueOptions) -> Result<Self, StoreError> {
         check_key("queue", name)?;
         check_key("group", &options.group)?;
+        if name.contains(':') {
+            // Queue `x:dead` would be queue `x`'s dead letters.
+            return Err(StoreError::InvalidInput(format!(
+                "queue name `{name}` must not contain `:`"
+            )));
+        }
         if options.max_deliveries == 0 {
             return Err(StoreError::InvalidInput("`max_deliveries` must be at least 1".into()));
         }

@@ -30,8 +30,10 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-/// How long one Redis call may take before it fails as unavailable, by default.
-pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one Redis call may take before it fails as unavailable, by default: well inside the
+/// host's default call timeout (2 s), so that the caller sees this error, which names the URL,
+/// rather than the host's generic timeout.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(1);
 
 static CAS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -181,6 +183,26 @@ pub(crate) fn classify(url: &str, e: RedisError) -> StoreError {
     }
 }
 
+/// A state read back from Redis that is not one: someone else's data, not the caller's fault.
+fn stored_state(text: &str) -> Result<TaskState, StoreError> {
+    text.parse().map_err(|_| {
+        StoreError::Backend(format!(
+            "a stored task state is `{text}`, not one of pending, assigned, running, done, failed"
+        ))
+    })
+}
+
+/// Progress from states read back from Redis (a state that is not one is a backend error).
+fn stored_progress<'a>(
+    workflow_id: &str,
+    states: impl IntoIterator<Item = &'a str> + Clone,
+) -> Result<WorkflowProgress, StoreError> {
+    for state in states.clone() {
+        stored_state(state)?;
+    }
+    WorkflowProgress::from_states(workflow_id, states)
+}
+
 fn parse_json(text: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("a stored value is not JSON ({e})")))
 }
@@ -227,9 +249,15 @@ impl RedisStore {
     /// Like [`open`](Self::open), with the bound on each call (connecting included).
     pub fn open_with_timeout(url: &str, namespace: &str, op_timeout: Duration) -> Result<Self, StoreError> {
         let shown = redact(url);
-        if namespace.is_empty() || namespace.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        // `:` separates the namespace from the rest of a key: allowing it would let namespace
+        // `a:kv` and key `x` meet namespace `a` and key `kv:x`.
+        if namespace.is_empty()
+            || namespace
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == ':')
+        {
             return Err(StoreError::InvalidInput(format!(
-                "namespace {namespace:?} must be non-empty, without spaces or control characters"
+                "namespace {namespace:?} must be non-empty, without spaces, `:` or control characters"
             )));
         }
         let client = redis::Client::open(url).map_err(|e| {
@@ -446,8 +474,8 @@ impl StateStore for RedisStore {
             .await?;
         match reply.first().map(String::as_str) {
             Some("ok") if reply.len() >= 3 => {
-                let previous: TaskState = reply[1].parse()?;
-                let progress = WorkflowProgress::from_states(workflow_id, reply[3..].iter().map(String::as_str))?;
+                let previous = stored_state(&reply[1])?;
+                let progress = stored_progress(workflow_id, reply[3..].iter().map(String::as_str))?;
                 Ok(WorkflowUpdate {
                     previous,
                     completed_now: progress.complete && reply[2] == "0",
@@ -455,7 +483,7 @@ impl StateStore for RedisStore {
                 })
             }
             Some("illegal") if reply.len() == 2 => Err(StoreError::IllegalTransition {
-                from: reply[1].parse()?,
+                from: stored_state(&reply[1])?,
                 to: state,
             }),
             Some("no_workflow") => Err(StoreError::NotFound(format!(
@@ -487,7 +515,7 @@ impl StateStore for RedisStore {
                 "no workflow `{workflow_id}`: define it first"
             )));
         }
-        WorkflowProgress::from_states(workflow_id, states.iter().map(String::as_str))
+        stored_progress(workflow_id, states.iter().map(String::as_str))
     }
 }
 
@@ -507,9 +535,14 @@ mod tests {
             RedisStore::open("http://x", "ns"),
             Err(StoreError::InvalidInput(_))
         ));
-        assert!(matches!(
-            RedisStore::open("redis://127.0.0.1:1", "has space"),
-            Err(StoreError::InvalidInput(_))
-        ));
+        for namespace in ["has space", "a:kv", ""] {
+            assert!(
+                matches!(
+                    RedisStore::open("redis://127.0.0.1:1", namespace),
+                    Err(StoreError::InvalidInput(_))
+                ),
+                "{namespace:?}"
+            );
+        }
     }
 }

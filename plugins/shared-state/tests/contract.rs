@@ -93,6 +93,10 @@ async fn contract(store: Arc<dyn StateStore>) {
         store.pick_least_loaded(&candidates, false).await.expect("pick"),
         Some(("c".into(), 0))
     );
+    assert!(
+        !store.loads(None).await.expect("loads").contains_key("c"),
+        "a pick without acquire writes nothing (both backends list the same agents)"
+    );
     assert_eq!(
         store.pick_least_loaded(&candidates, true).await.expect("pick"),
         Some(("c".into(), 1))
@@ -258,7 +262,9 @@ async fn claim_worker() {
         .expect("offset")
         .parse()
         .expect("a number");
+    let naive = std::env::var("ORCH_CLAIM_MODE").is_ok_and(|m| m == "naive");
     let store = RedisStore::open(&url, &ns).expect("opens");
+    let mut raw = common::RawConnection::open(common::port_of(&url));
     // Wait for the start signal so that every process races at once.
     while store.get("start").await.expect("get").version == 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -266,37 +272,47 @@ async fn claim_worker() {
     let mut claimed = Vec::new();
     for i in 0..keys {
         let key = format!("claim/{}", (i + offset) % keys);
-        if store.compare_and_set(&key, 0, &json!(me)).await.expect("cas").applied {
+        if naive {
+            // Read, then write blindly if it looked free: the claim the scripts replace.
+            if store.get(&key).await.expect("get").version == 0 {
+                let reply = raw.simple(&["HSET", &format!("{ns}:kv:{key}"), "v", "1", "d", &json!(me).to_string()]);
+                assert!(reply.starts_with(':'), "{reply}");
+                claimed.push(key);
+            }
+        } else if store.compare_and_set(&key, 0, &json!(me)).await.expect("cas").applied {
             claimed.push(key);
         }
     }
     println!("CLAIMED {}", serde_json::to_string(&claimed).expect("encodes"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn processes_racing_for_the_same_keys_each_claim_a_key_exactly_once() {
-    const KEYS: usize = 2_000;
+const RACE_KEYS: usize = 2_000;
+
+/// Runs four claim workers at once against `server`; returns each one's claimed keys.
+async fn race(server: &RedisServer, ns: &str, naive: bool) -> Vec<Vec<String>> {
     const PROCESSES: usize = 4;
-    let Some(server) = RedisServer::start() else { return };
-    let ns = namespace();
     let exe = std::env::current_exe().expect("test binary");
     let children: Vec<_> = (0..PROCESSES)
         .map(|p| {
-            std::process::Command::new(&exe)
+            let child = std::process::Command::new(&exe)
                 .args(["claim_worker", "--exact", "--nocapture", "--test-threads=1"])
                 .env("ORCH_CLAIM_URL", server.url())
-                .env("ORCH_CLAIM_NS", &ns)
+                .env("ORCH_CLAIM_NS", ns)
                 .env("ORCH_CLAIM_NAME", format!("p{p}"))
-                .env("ORCH_CLAIM_KEYS", KEYS.to_string())
-                // Overlapping orders: every process contends with the others all the way.
+                .env("ORCH_CLAIM_KEYS", RACE_KEYS.to_string())
+                .env("ORCH_CLAIM_MODE", if naive { "naive" } else { "cas" })
+                // Overlapping orders: the processes contend for the same keys all the way.
                 .env("ORCH_CLAIM_OFFSET", (p * 7).to_string())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
-                .expect("spawns a worker")
+                .expect("spawns a worker");
+            common::ChildGuard(child)
         })
         .collect();
-    let store = RedisStore::open(&server.url(), &ns).expect("opens");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let store = RedisStore::open(&server.url(), ns).expect("opens");
+    // Every worker polls for the start key; give them time to be up (a late one only loses
+    // keys, which the assertions allow).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         store
             .compare_and_set("start", 0, &json!(true))
@@ -305,65 +321,104 @@ async fn processes_racing_for_the_same_keys_each_claim_a_key_exactly_once() {
             .applied
     );
 
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for (p, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output().expect("worker ends");
-        assert!(output.status.success(), "worker {p} failed");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout
+    let mut claims = Vec::new();
+    for (p, mut guard) in children.into_iter().enumerate() {
+        let stdout = guard.0.stdout.take().expect("stdout");
+        let output = tokio::task::spawn_blocking(move || std::io::read_to_string(stdout))
+            .await
+            .expect("joins")
+            .expect("reads");
+        let status = guard.0.wait().expect("worker ends");
+        assert!(status.success(), "worker {p} failed: {output}");
+        let line = output
             .lines()
             .find_map(|l| l.split_once("CLAIMED ").map(|(_, claims)| claims))
-            .unwrap_or_else(|| panic!("worker {p} printed no claims: {stdout}"));
-        let claimed: Vec<String> = serde_json::from_str(line).expect("claims parse");
+            .unwrap_or_else(|| panic!("worker {p} printed no claims: {output}"));
+        claims.push(serde_json::from_str(line).expect("claims parse"));
+    }
+    claims
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_racing_for_the_same_keys_each_claim_a_key_exactly_once() {
+    let Some(server) = RedisServer::start() else { return };
+    let ns = namespace();
+    let claims = race(&server, &ns, false).await;
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    for (p, claimed) in claims.into_iter().enumerate() {
         for key in claimed {
             if let Some(other) = owners.insert(key.clone(), format!("p{p}")) {
                 panic!("{key} claimed by both {other} and p{p}");
             }
         }
     }
-    assert_eq!(owners.len(), KEYS, "every key claimed");
+    assert_eq!(owners.len(), RACE_KEYS, "every key claimed");
+    let store = RedisStore::open(&server.url(), &ns).expect("opens");
     for (key, owner) in &owners {
         let stored = store.get(key).await.expect("get");
         assert_eq!((stored.value, stored.version), (json!(owner), 1), "{key}");
     }
-    let distinct: HashSet<&String> = owners.values().collect();
-    assert!(distinct.len() > 1, "the processes raced (more than one won keys)");
 }
 
-/// The control: the same interleaving (both read, then both write) breaks a read-then-write
-/// claim, and does not break compare-and-set.
+/// The control, across processes: the same race with read-then-write claims hands some keys to
+/// two processes (a statistical check: with four processes walking the same keys at once, a
+/// run without a single double claim has not been seen; the deterministic version is below).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_racing_with_read_then_write_claim_some_keys_twice() {
+    let Some(server) = RedisServer::start() else { return };
+    let claims = race(&server, &namespace(), true).await;
+    let total: usize = claims.iter().map(Vec::len).sum();
+    let distinct: HashSet<&String> = claims.iter().flatten().collect();
+    assert_eq!(distinct.len(), RACE_KEYS, "every key claimed by someone");
+    assert!(
+        total > RACE_KEYS,
+        "read-then-write: {} keys claimed twice or more",
+        total - RACE_KEYS
+    );
+    eprintln!(
+        "read-then-write: {} of {RACE_KEYS} keys claimed more than once",
+        total - RACE_KEYS
+    );
+}
+
+/// The control, in one process with the interleaving forced: both claimants read "free", then
+/// both write; each believes it won and one of the claims is silently lost. Compare-and-set on
+/// the version read, under the same interleaving, lets exactly one win.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_then_write_loses_a_claim_where_compare_and_set_does_not() {
     let Some(server) = RedisServer::start() else { return };
-    let store = Arc::new(RedisStore::open(&server.url(), &namespace()).expect("opens"));
+    let ns = namespace();
+    let store = Arc::new(RedisStore::open(&server.url(), &ns).expect("opens"));
     let barrier = Arc::new(tokio::sync::Barrier::new(2));
 
-    // Read-then-write: each claimant reads "absent", then writes its name.
     let mut handles = Vec::new();
     for me in ["a", "b"] {
-        let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+        let (store, barrier, port, ns) = (Arc::clone(&store), Arc::clone(&barrier), server.port, ns.clone());
         handles.push(tokio::spawn(async move {
             let seen = store.get("rtw").await.expect("get");
             barrier.wait().await;
-            if seen.value.is_null() {
-                // A blind write of what was read plus one: the naive claim.
-                let current = store.get("rtw").await.expect("get");
-                store
-                    .compare_and_set("rtw", current.version, &json!(me))
-                    .await
-                    .expect("write");
-                return true;
+            if seen.version == 0 {
+                let key = format!("{ns}:kv:rtw");
+                let value = json!(me).to_string();
+                tokio::task::spawn_blocking(move || {
+                    common::RawConnection::open(port).simple(&["HSET", &key, "v", "1", "d", &value])
+                })
+                .await
+                .expect("writes");
+                return Some(me);
             }
-            false
+            None
         }));
     }
-    let mut winners = 0;
+    let mut believers = Vec::new();
     for h in handles {
-        winners += usize::from(h.await.expect("joins"));
+        believers.extend(h.await.expect("joins"));
     }
-    assert_eq!(winners, 2, "read-then-write: both claimants believe they won");
+    let stored = store.get("rtw").await.expect("get").value;
+    assert_eq!(believers.len(), 2, "read-then-write: both claimants believe they won");
+    let losers: Vec<_> = believers.iter().filter(|b| json!(b) != stored).collect();
+    assert_eq!(losers.len(), 1, "one believer's claim was overwritten: stored {stored}");
 
-    // Compare-and-set on the version read: the same interleaving, one winner.
     let mut handles = Vec::new();
     for me in ["a", "b"] {
         let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));

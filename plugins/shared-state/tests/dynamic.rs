@@ -18,24 +18,30 @@ fn library() -> PathBuf {
     );
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-    let built = profile_dir.join("examples").join(&file);
-    if !built.is_file() {
-        // `cargo test` builds the examples; build it when this test runs some other way.
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "plugin-shared-state",
-                "--example",
-                "shared_state_plugin",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the shared_state_plugin example failed");
+    let candidate = profile_dir.join("examples").join(&file);
+    if candidate.is_file() {
+        return candidate; // `cargo test` builds the examples beside the tests
     }
-    assert!(built.is_file(), "{} is missing", built.display());
+    // Run some other way: build it into a target directory of its own, so that this cargo does
+    // not wait on the lock of the one running the test.
+    let target = profile_dir.parent().expect("target dir").join("plugin-libs");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "plugin-shared-state",
+            "--example",
+            "shared_state_plugin",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the shared_state_plugin example failed");
+    let built = target.join("debug").join("examples").join(&file);
+    assert!(built.is_file(), "{} was not built", built.display());
     built
 }
 

@@ -112,6 +112,10 @@ async fn poison_tasks_move_to_the_dead_letter_stream() {
     assert_eq!((stats.length, stats.pending, stats.dead), (0, 0, 1));
 }
 
+/// How long a consumer's tasks stay its own without an ack: long beside any stall a loaded
+/// machine gives a live consumer, so that only the dead one's tasks are claimed.
+const CLAIM_IDLE: Duration = Duration::from_secs(2);
+
 /// The child side: takes tasks in batches, records each one done in a Redis list, then acks it.
 /// With `ORCH_QUEUE_HANG_AFTER=n` it stops (and waits to be killed) in the middle of its
 /// n-th task, holding the rest of its batch.
@@ -125,14 +129,13 @@ async fn queue_consumer() {
     let hang_after: Option<usize> = std::env::var("ORCH_QUEUE_HANG_AFTER").ok().and_then(|v| v.parse().ok());
     let store = RedisStore::open(&url, &ns).expect("opens");
     let q = store
-        .task_queue(
-            "work",
-            QueueOptions::default().with_claim_idle(Duration::from_millis(300)),
-        )
+        .task_queue("work", QueueOptions::default().with_claim_idle(CLAIM_IDLE))
         .expect("queue");
     let mut done = 0;
     let mut idle_rounds = 0;
-    while idle_rounds < 10 {
+    // Leave only after more than CLAIM_IDLE without work, so that what a dead consumer held has
+    // become claimable and been claimed.
+    while idle_rounds < 2 * CLAIM_IDLE.as_millis() / 100 {
         let taken = q.take(&me, 8, Duration::from_millis(100)).await.expect("takes");
         if taken.tasks.is_empty() {
             idle_rounds += 1;
@@ -176,7 +179,7 @@ fn store_done(url: &str, ns: &str, task: &str) {
     );
 }
 
-fn consumer(server: &RedisServer, ns: &str, name: &str, hang_after: Option<usize>) -> std::process::Child {
+fn consumer(server: &RedisServer, ns: &str, name: &str, hang_after: Option<usize>) -> common::ChildGuard {
     let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
     command
         .args(["queue_consumer", "--exact", "--nocapture", "--test-threads=1"])
@@ -187,7 +190,7 @@ fn consumer(server: &RedisServer, ns: &str, name: &str, hang_after: Option<usize
     if let Some(n) = hang_after {
         command.env("ORCH_QUEUE_HANG_AFTER", n.to_string());
     }
-    command.spawn().expect("spawns a consumer")
+    common::ChildGuard(command.spawn().expect("spawns a consumer"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,29 +205,31 @@ async fn a_consumer_killed_mid_task_loses_nothing_and_nothing_is_done_twice() {
 
     // The first consumer dies in the middle of its 20th task, holding the rest of its batch.
     let mut doomed = consumer(&server, ns, "doomed", Some(20));
-    let stdout = doomed.stdout.take().expect("stdout");
+    let stdout = doomed.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let hung = tokio::task::spawn_blocking(move || lines.any(|l| l.is_ok_and(|l| l.contains("HANGING"))))
         .await
         .expect("reads");
     assert!(hung, "the doomed consumer reached its hang point");
-    doomed.kill().expect("SIGKILL");
-    doomed.wait().expect("reaped");
+    drop(doomed); // SIGKILL
     let held = q.stats().await.expect("stats").pending;
     assert!(held > 0, "the dead consumer held tasks when it died");
 
-    // Two survivors share the rest, reclaiming what the dead one held.
+    // Two survivors share the rest, claiming what the dead one held once it has been idle.
     let survivors = [consumer(&server, ns, "s1", None), consumer(&server, ns, "s2", None)];
     let mut finished_by_survivors = 0;
-    for child in survivors {
-        let output = child.wait_with_output().expect("ends");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let done: usize = stdout
+    for mut child in survivors {
+        let stdout = child.0.stdout.take().expect("stdout");
+        let output = tokio::task::spawn_blocking(move || std::io::read_to_string(stdout))
+            .await
+            .expect("joins")
+            .expect("reads");
+        assert!(child.0.wait().expect("ends").success(), "{output}");
+        let done: usize = output
             .lines()
             .find_map(|l| l.split_once("DONE ").map(|(_, n)| n.trim()))
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no DONE line: {stdout}"));
+            .unwrap_or_else(|| panic!("no DONE line: {output}"));
         finished_by_survivors += done;
     }
     assert_eq!(finished_by_survivors, TASKS - 20);

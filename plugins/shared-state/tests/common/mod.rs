@@ -111,25 +111,7 @@ impl RedisServer {
 
     /// Runs a command over raw RESP (no redis-cli needed), returning the reply's text.
     pub(crate) fn command(&self, args: &[&str]) -> String {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connects");
-        let mut request = format!("*{}\r\n", args.len());
-        for a in args {
-            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        stream.write_all(request.as_bytes()).expect("writes");
-        // Read until the server goes quiet: enough for the small replies the tests inspect.
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut reply = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            reply.extend_from_slice(&buf[..n]);
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-        }
-        String::from_utf8_lossy(&reply).into_owned()
+        raw_command(self.port, args)
     }
 
     /// Stops the server (SIGKILL) and waits for it to go.
@@ -145,5 +127,76 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends one command to the Redis on `port` over raw RESP and returns the reply's text: for
+/// writing behind the store's back (foreign data, blind writes) and for inspecting what it wrote.
+pub(crate) fn raw_command(port: u16, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(request.as_bytes()).expect("writes");
+    // Read until the server goes quiet: enough for the small replies the tests inspect.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The port of a `redis://127.0.0.1:PORT` URL.
+pub(crate) fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a redis://host:port URL")
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so that a failing test leaves none
+/// behind.
+pub(crate) struct ChildGuard(pub(crate) Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One raw RESP connection for commands with a one-line reply (`:n`, `+OK`, `-ERR ...`), fast
+/// enough to use in a loop.
+pub(crate) struct RawConnection(std::net::TcpStream);
+
+impl RawConnection {
+    pub(crate) fn open(port: u16) -> Self {
+        Self(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects"))
+    }
+
+    /// Sends `args`, returns the one-line reply without its `\r\n`.
+    pub(crate) fn simple(&mut self, args: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let mut request = format!("*{}\r\n", args.len());
+        for a in args {
+            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.0.write_all(request.as_bytes()).expect("writes");
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            self.0.read_exact(&mut byte).expect("reads a reply");
+            reply.push(byte[0]);
+        }
+        reply.truncate(reply.len() - 2);
+        String::from_utf8_lossy(&reply).into_owned()
     }
 }
