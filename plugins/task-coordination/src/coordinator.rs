@@ -9,7 +9,7 @@
 //! most operations; one lock makes every operation atomic and is held only for in-memory work
 //! (never across an `.await`, never around a host call that could wait).
 
-use crate::fit::{Member, Requirements, effective_load, pick, takes_work};
+use crate::fit::{Member, Own, Requirements, effective_load, pick, takes_work};
 use crate::queue::RequestQueue;
 use crate::workload::{AgentBook, Durations, Row};
 use plugin_api::{AgentLoad, PluginError};
@@ -23,6 +23,19 @@ pub(crate) const REQUEST_HISTORY: usize = 10_000;
 pub(crate) const TASK_HISTORY: usize = 100_000;
 /// The default bound on queued requests.
 pub(crate) const DEFAULT_MAX_QUEUED: usize = 10_000;
+/// The default time a fulfilled request may hold its reservation without turning it into a task.
+pub(crate) const DEFAULT_RESERVATION_TTL_MS: u64 = 300_000;
+/// How long a deregistration is remembered to tell a stale snapshot (taken before the agent left)
+/// from a fresh one. A snapshot is used within the operation that took it, in memory, so this is
+/// far longer than any operation lasts; it only bounds the memory kept per departed agent.
+const DEPARTED_MEMORY_NS: u64 = 60_000 * NS_PER_MS;
+
+/// The `reason` `status` gives for a reservation the plugin released because its agent
+/// deregistered.
+pub(crate) const REASON_DEREGISTERED: &str = "agent deregistered";
+/// The `reason` `status` gives for a reservation the plugin released because it was held longer
+/// than `reservation_ttl_ms` without being released or turned into a task.
+pub(crate) const REASON_EXPIRED: &str = "reservation expired";
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -59,6 +72,10 @@ struct Request {
     settled_ns: Option<u64>,
     /// Whether a fulfilled request still holds its reservation.
     holding: bool,
+    /// When the reservation it holds expires (host monotonic clock).
+    reservation_expiry_ns: Option<u64>,
+    /// Why the plugin released its reservation on its own (not set when the caller did).
+    reason: Option<&'static str>,
     /// The task its reservation became.
     task_id: Option<String>,
 }
@@ -146,11 +163,18 @@ fn unknown_request(id: &str) -> PluginError {
 pub(crate) struct Coordinator {
     max_queued: usize,
     default_timeout_ms: Option<u64>,
+    reservation_ttl_ms: u64,
     next_seq: u64,
     requests: HashMap<u64, Request>,
     queue: RequestQueue,
     /// Queued requests that require some capability (they need snapshots with capabilities).
     queued_with_capabilities: usize,
+    /// Every reservation held, by `(expiry, sequence number)`: expired ones are found without a
+    /// scan, and an agent's are found by a scan of reservations only.
+    reservations: BTreeSet<(u64, u64)>,
+    /// Agents that deregistered, with when the plugin heard of it: a snapshot taken before then
+    /// may still list them, and must not give them work.
+    departed: HashMap<String, u64>,
     settled_requests: VecDeque<u64>,
     tasks: HashMap<String, TaskEntry>,
     settled_tasks: VecDeque<(String, u64)>,
@@ -163,10 +187,13 @@ impl Default for Coordinator {
         Self {
             max_queued: DEFAULT_MAX_QUEUED,
             default_timeout_ms: None,
+            reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
             next_seq: 1,
             requests: HashMap::new(),
             queue: RequestQueue::default(),
             queued_with_capabilities: 0,
+            reservations: BTreeSet::new(),
+            departed: HashMap::new(),
             settled_requests: VecDeque::new(),
             tasks: HashMap::new(),
             settled_tasks: VecDeque::new(),
@@ -177,9 +204,10 @@ impl Default for Coordinator {
 }
 
 impl Coordinator {
-    pub(crate) fn configure(&mut self, max_queued: usize, default_timeout_ms: Option<u64>) {
+    pub(crate) fn configure(&mut self, max_queued: usize, default_timeout_ms: Option<u64>, reservation_ttl_ms: u64) {
         self.max_queued = max_queued;
         self.default_timeout_ms = default_timeout_ms;
+        self.reservation_ttl_ms = reservation_ttl_ms;
     }
 
     pub(crate) fn has_queued(&self) -> bool {
@@ -196,8 +224,17 @@ impl Coordinator {
         self.queued_with_capabilities > 0
     }
 
-    fn own_load(&self, agent: &str) -> u32 {
-        self.books.get(agent).map_or(0, AgentBook::own_load)
+    fn own(&self, agent: &str) -> Own {
+        self.books.get(agent).map_or(Own::default(), AgentBook::own)
+    }
+
+    /// The members of a snapshot taken at or after `now` that may be given work: not those that
+    /// the plugin heard deregister at or after `now` (the snapshot may predate their leaving; one
+    /// that re-registered since shows up in later snapshots).
+    fn present<'a>(&'a self, fleet: &'a [Member], now: u64) -> impl Iterator<Item = &'a Member> + 'a {
+        fleet
+            .iter()
+            .filter(move |m| self.departed.get(&m.id).is_none_or(|&left| left < now))
     }
 
     fn book(&mut self, agent: &str) -> &mut AgentBook {
@@ -228,6 +265,8 @@ impl Coordinator {
         r.agent = Some(agent.clone());
         r.settled_ns = Some(now);
         r.holding = true;
+        let expiry = now.saturating_add(self.reservation_ttl_ms.saturating_mul(NS_PER_MS));
+        r.reservation_expiry_ns = Some(expiry);
         let fulfilment = Fulfilment {
             request_id: request_id(seq),
             agent_id: agent.clone(),
@@ -235,11 +274,43 @@ impl Coordinator {
             waited_ms: r.waited_ms(now),
         };
         self.book(&agent).reserved += 1;
+        self.reservations.insert((expiry, seq));
         Some(fulfilment)
     }
 
-    /// Times out every queued request whose deadline has passed.
-    pub(crate) fn expire(&mut self, now: u64) {
+    /// Gives back the reservation a fulfilled request holds (it must hold one): the request
+    /// keeps its status (the caller sets it). Returns the agent it was held on.
+    fn drop_reservation(&mut self, seq: u64) -> Option<String> {
+        let r = self.requests.get_mut(&seq)?;
+        if !r.holding {
+            return None;
+        }
+        r.holding = false;
+        if let Some(expiry) = r.reservation_expiry_ns.take() {
+            self.reservations.remove(&(expiry, seq));
+        }
+        let agent = r.agent.clone()?;
+        let book = self.book(&agent);
+        book.reserved = book.reserved.saturating_sub(1);
+        Some(agent)
+    }
+
+    /// Releases a held reservation on the plugin's own initiative, saying why.
+    fn release_for(&mut self, seq: u64, reason: &'static str) {
+        if self.drop_reservation(seq).is_none() {
+            return;
+        }
+        if let Some(r) = self.requests.get_mut(&seq) {
+            r.status = RequestStatus::Released;
+            r.reason = Some(reason);
+        }
+        self.settle_request(seq);
+    }
+
+    /// Times out every queued request whose deadline has passed, and releases every reservation
+    /// held past the reservation TTL. Returns whether a reservation was released (capacity
+    /// appeared: the caller serves the queue).
+    pub(crate) fn expire(&mut self, now: u64) -> bool {
         for (seq, deadline) in self.queue.due(now) {
             self.unqueue(seq);
             if let Some(r) = self.requests.get_mut(&seq) {
@@ -247,6 +318,38 @@ impl Coordinator {
                 r.settled_ns = Some(deadline);
             }
             self.settle_request(seq);
+        }
+        let due: Vec<u64> = self
+            .reservations
+            .iter()
+            .take_while(|(expiry, _)| *expiry <= now)
+            .map(|(_, seq)| *seq)
+            .collect();
+        for &seq in &due {
+            self.release_for(seq, REASON_EXPIRED);
+        }
+        let horizon = now.saturating_sub(DEPARTED_MEMORY_NS);
+        self.departed.retain(|_, left| *left >= horizon);
+        !due.is_empty()
+    }
+
+    /// The host says `agent` deregistered (the plugin heard it at `now`): its reservations are
+    /// released (reason "agent deregistered"), and snapshots taken before `now` will not give it
+    /// work. Its live tasks stay mapped to it, for the caller to reassign; its book stays too.
+    pub(crate) fn depart(&mut self, agent: &str, now: u64) {
+        self.departed.insert(agent.to_owned(), now);
+        let held: Vec<u64> = self
+            .reservations
+            .iter()
+            .map(|(_, seq)| *seq)
+            .filter(|seq| {
+                self.requests
+                    .get(seq)
+                    .is_some_and(|r| r.agent.as_deref() == Some(agent))
+            })
+            .collect();
+        for seq in held {
+            self.release_for(seq, REASON_DEREGISTERED);
         }
     }
 
@@ -260,10 +363,10 @@ impl Coordinator {
         }
         // An upper bound on how many requests the fleet can take: once it is used up, nothing
         // behind can fit and the scan stops.
-        let mut free: u64 = fleet
-            .iter()
+        let mut free: u64 = self
+            .present(fleet, now)
             .filter(|m| takes_work(m.status))
-            .map(|m| u64::from(m.capacity.saturating_sub(effective_load(m.load, self.own_load(&m.id)))))
+            .map(|m| u64::from(m.capacity.saturating_sub(effective_load(m.load, self.own(&m.id)))))
             .sum();
         let order: Vec<u64> = self.queue.in_order().collect();
         for seq in order {
@@ -273,7 +376,9 @@ impl Coordinator {
             let Some(request) = self.requests.get(&seq) else {
                 continue;
             };
-            let Some(agent) = pick(fleet, &request.requirements, |id| self.own_load(id)).map(|m| m.id.clone()) else {
+            let Some(agent) =
+                pick(self.present(fleet, now), &request.requirements, |id| self.own(id)).map(|m| m.id.clone())
+            else {
                 continue;
             };
             self.unqueue(seq);
@@ -295,7 +400,7 @@ impl Coordinator {
     ) -> Result<(Value, Vec<Fulfilment>), PluginError> {
         self.expire(now);
         let served = self.serve(fleet, now);
-        let chosen = pick(fleet, &requirements, |id| self.own_load(id)).map(|m| m.id.clone());
+        let chosen = pick(self.present(fleet, now), &requirements, |id| self.own(id)).map(|m| m.id.clone());
         let timeout_ms = timeout_ms.or(self.default_timeout_ms);
         let deadline = timeout_ms.map(|t| now.saturating_add(t.saturating_mul(NS_PER_MS)));
         let expired = chosen.is_none() && deadline.is_some_and(|d| d <= now);
@@ -320,6 +425,8 @@ impl Coordinator {
                 agent: None,
                 settled_ns: None,
                 holding: false,
+                reservation_expiry_ns: None,
+                reason: None,
                 task_id: None,
             },
         );
@@ -370,15 +477,27 @@ impl Coordinator {
         if let Some(task) = &r.task_id {
             answer["task_id"] = json!(task);
         }
+        if let Some(reason) = r.reason {
+            answer["reason"] = json!(reason);
+        }
+        if let (true, Some(expiry)) = (r.holding, r.reservation_expiry_ns) {
+            answer["reservation_expires_in_ms"] = json!(expiry.saturating_sub(now) / NS_PER_MS);
+        }
         if r.status == RequestStatus::Queued {
             answer["position"] = json!(self.queue.position(seq));
         }
         Ok(answer)
     }
 
-    /// The agent a fulfilled request reserved.
+    /// The agent a fulfilled request reserved: `None` when it was never fulfilled, an error
+    /// saying why when it no longer holds its reservation (released, expired, its agent gone,
+    /// or already turned into a task).
     pub(crate) fn reserved_agent(&self, id: &str) -> Result<Option<String>, PluginError> {
-        self.get(id).map(|(_, r)| r.agent.clone())
+        let (_, r) = self.get(id)?;
+        match &r.agent {
+            Some(_) if !r.holding => Err(self.not_holding(id, "assigned a task")),
+            agent => Ok(agent.clone()),
+        }
     }
 
     /// `agent_requests` `cancel`: a queued request is cancelled, a fulfilled one gives back its
@@ -408,12 +527,10 @@ impl Coordinator {
             (Some(agent), RequestStatus::Fulfilled, true) => agent.clone(),
             _ => return Err(self.not_holding(id, "released")),
         };
+        self.drop_reservation(seq);
         if let Some(r) = self.requests.get_mut(&seq) {
             r.status = RequestStatus::Released;
-            r.holding = false;
         }
-        let book = self.book(&agent);
-        book.reserved = book.reserved.saturating_sub(1);
         self.settle_request(seq);
         Ok((
             json!({ "request_id": request_id(seq), "status": "released", "agent_id": agent }),
@@ -427,7 +544,10 @@ impl Coordinator {
                 Some(task) => {
                     format!("it was fulfilled and its reservation became task `{task}` (complete the task instead)")
                 }
-                None => format!("it is {}", r.status.as_str()),
+                None => match r.reason {
+                    Some(reason) => format!("it is {} ({reason})", r.status.as_str()),
+                    None => format!("it is {}", r.status.as_str()),
+                },
             },
             Err(e) => e.message,
         };
@@ -522,16 +642,12 @@ impl Coordinator {
             );
             self.book(agent).tasks.insert(task.to_owned());
         }
-        let book = self.book(agent);
-        book.capacity = Some(capacity);
-        if request.is_some() {
-            book.reserved = book.reserved.saturating_sub(1);
-        }
+        self.book(agent).capacity = Some(capacity);
         let state = self.tasks.get(task).map_or(TaskState::Assigned, |e| e.state);
         let mut answer = json!({ "task_id": task, "agent_id": agent, "state": state.as_str() });
         if let Some(seq) = request {
+            self.drop_reservation(seq);
             if let Some(r) = self.requests.get_mut(&seq) {
-                r.holding = false;
                 r.task_id = Some(task.to_owned());
             }
             self.settle_request(seq);
@@ -737,6 +853,13 @@ mod tests {
             .to_owned()
     }
 
+    fn loaded(id: &str, load: u32, capacity: u32) -> Member {
+        Member {
+            load,
+            ..member(id, capacity, &[])
+        }
+    }
+
     #[test]
     fn queued_requests_are_served_by_priority_then_arrival() {
         let mut c = Coordinator::default();
@@ -761,7 +884,7 @@ mod tests {
         );
         assert_eq!(served[0].waited_ms, 10);
         assert_eq!(status(&c, "req-1"), "queued");
-        assert_eq!(c.own_load("a"), 2);
+        assert_eq!(c.own("a"), Own { live: 0, reserved: 2 });
     }
 
     #[test]
@@ -791,7 +914,7 @@ mod tests {
     #[test]
     fn timeouts_are_evaluated_against_the_given_clock() {
         let mut c = Coordinator::default();
-        c.configure(10, Some(100));
+        c.configure(10, Some(100), DEFAULT_RESERVATION_TTL_MS);
         c.request(any(), 0, Some(20), &[], 0).expect("queues");
         c.request(any(), 0, None, &[], 0)
             .expect("queues with the default timeout");
@@ -810,7 +933,7 @@ mod tests {
     #[test]
     fn the_queue_is_bounded() {
         let mut c = Coordinator::default();
-        c.configure(2, None);
+        c.configure(2, None, DEFAULT_RESERVATION_TTL_MS);
         c.request(any(), 0, None, &[], 0).expect("queues");
         c.request(any(), 0, None, &[], 0).expect("queues");
         assert_eq!(c.queue_full(), Some(2));
@@ -836,7 +959,11 @@ mod tests {
         assert!(c.release("req-1").is_err(), "released twice");
         assert_eq!(c.serve(&fleet, 0).len(), 1, "req-3 takes the freed slot");
         c.assign("t", "a", Some("req-2"), false, 2, 0).expect("assigns");
-        assert_eq!(c.own_load("a"), 2, "the reservation became the task");
+        assert_eq!(
+            c.own("a"),
+            Own { live: 1, reserved: 1 },
+            "the reservation became the task"
+        );
         assert_eq!(c.status("req-2", 0).expect("known")["task_id"], "t");
         let err = c.cancel("req-2", 0).unwrap_err();
         assert!(err.message.contains("became task `t`"), "{err}");
@@ -856,7 +983,7 @@ mod tests {
         let (answer, freed) = c.assign("t", "b", None, true, 1, 10 * MS).expect("reassigns");
         assert_eq!(answer["previous_agent"], "a");
         assert_eq!(freed.as_deref(), Some("a"));
-        assert_eq!(c.own_load("a"), 0);
+        assert_eq!(c.own("a"), Own::default());
         assert_eq!(c.books["a"].running, 0);
         let (answer, _) = c.complete("t", false, None, 40 * MS).expect("completes");
         assert_eq!(answer["duration_ms"], 30, "measured from the reassignment");
@@ -884,5 +1011,103 @@ mod tests {
         }
         assert_eq!(c.requests.len(), REQUEST_HISTORY);
         assert!(c.status("req-1", 0).is_err());
+    }
+
+    #[test]
+    fn reservations_add_to_the_host_load_so_an_agent_is_never_overbooked() {
+        let mut c = Coordinator::default();
+        // Capacity 2, one task running on the host that the plugin does not know of.
+        let fleet = [loaded("a", 1, 2)];
+        let (answer, _) = c.request(any(), 0, None, &fleet, 0).expect("answers");
+        assert_eq!(answer["status"], "fulfilled");
+        let (answer, _) = c.request(any(), 0, None, &fleet, 0).expect("answers");
+        assert_eq!(answer["status"], "queued", "1 running + 1 reserved fill capacity 2");
+        assert!(c.serve(&fleet, 0).is_empty(), "a queue scan does not overbook either");
+        // The host's task ends: the queued request takes its slot.
+        assert_eq!(c.serve(&[loaded("a", 0, 2)], 0).len(), 1);
+        // A task mapped here that the host runs is counted once: host load 1, one live task.
+        let mut c = Coordinator::default();
+        c.assign("t", "b", None, false, 3, 0).expect("assigns");
+        let fleet = [loaded("b", 1, 3)];
+        for expected in ["fulfilled", "fulfilled", "queued"] {
+            let (answer, _) = c.request(any(), 0, None, &fleet, 0).expect("answers");
+            assert_eq!(answer["status"], expected, "max(1, 1) + 2 reservations fill capacity 3");
+        }
+    }
+
+    #[test]
+    fn reservations_expire_after_the_ttl_unless_released_or_turned_into_a_task() {
+        let mut c = Coordinator::default();
+        c.configure(10, None, 100);
+        let fleet = [member("a", 3, &[])];
+        c.request(any(), 0, None, &fleet, 0).expect("fulfils");
+        c.request(any(), 0, None, &fleet, 10 * MS).expect("fulfils");
+        c.request(any(), 0, None, &fleet, 20 * MS).expect("fulfils");
+        c.assign("t", "a", Some("req-1"), false, 3, 50 * MS).expect("assigns");
+        c.release("req-3").expect("releases");
+        assert_eq!(
+            c.status("req-2", 60 * MS).expect("known")["reservation_expires_in_ms"],
+            50
+        );
+        let (answer, _) = c.request(any(), 0, None, &fleet, 60 * MS).expect("answers");
+        assert_eq!(answer["status"], "fulfilled", "req-4");
+        let (answer, _) = c.request(any(), 0, None, &fleet, 60 * MS).expect("answers");
+        assert_eq!(answer["status"], "queued", "req-5: a holds t, req-2 and req-4");
+        assert!(!c.expire(109 * MS), "nothing due yet");
+        assert!(c.expire(110 * MS), "req-2 is due");
+        let expired = c.status("req-2", 110 * MS).expect("known");
+        assert_eq!(expired["status"], "released");
+        assert_eq!(expired["reason"], REASON_EXPIRED);
+        assert!(expired.get("reservation_expires_in_ms").is_none());
+        assert_eq!(
+            c.status("req-1", 110 * MS).expect("known")["status"],
+            "fulfilled",
+            "became t"
+        );
+        assert!(c.status("req-3", 110 * MS).expect("known").get("reason").is_none());
+        let err = c.release("req-2").unwrap_err();
+        assert!(err.message.contains("released (reservation expired)"), "{err}");
+        assert_eq!(c.own("a"), Own { live: 1, reserved: 1 });
+        let served = c.serve(&fleet, 110 * MS);
+        assert_eq!(served.len(), 1, "req-5 takes the expired slot");
+        assert!(c.expire(160 * MS), "req-4, 100 ms after its fulfilment");
+        assert_eq!(status(&c, "req-4"), "released");
+        assert_eq!(status(&c, "req-5"), "fulfilled", "its own TTL runs from 110 ms");
+        assert!(c.expire(210 * MS));
+        assert_eq!(c.own("a"), Own { live: 1, reserved: 0 });
+        assert!(c.reservations.is_empty());
+    }
+
+    #[test]
+    fn a_deregistered_agent_loses_its_reservations_and_keeps_its_tasks() {
+        let mut c = Coordinator::default();
+        let fleet = [member("a", 3, &[]), member("b", 1, &[])];
+        c.request(any(), 0, None, &fleet[..1], 0).expect("fulfils on a");
+        c.request(any(), 0, None, &fleet[..1], 0).expect("fulfils on a");
+        c.request(any(), 0, None, &fleet, 0).expect("fulfils on b");
+        assert_eq!(c.status("req-3", 0).expect("known")["agent_id"], "b");
+        c.assign("t", "a", None, false, 3, 0).expect("assigns");
+        c.depart("a", 5 * MS);
+        for id in ["req-1", "req-2"] {
+            let answer = c.status(id, 5 * MS).expect("known");
+            assert_eq!(answer["status"], "released", "{id}");
+            assert_eq!(answer["reason"], REASON_DEREGISTERED, "{id}");
+        }
+        assert_eq!(status(&c, "req-3"), "fulfilled", "b is untouched");
+        assert_eq!(c.own("a"), Own { live: 1, reserved: 0 });
+        assert_eq!(c.agent_of("t")["agent_id"], "a");
+        assert_eq!(c.tasks_of("a", false).expect("known here")["task_ids"], json!(["t"]));
+        let workload = c.workload(Some("a"), &[]).expect("known here");
+        assert_eq!(workload["agents"][0]["registered"], false);
+        assert_eq!(workload["agents"][0]["assigned"], 1);
+        assert_eq!(workload["totals"]["reserved"], 0);
+        // A snapshot taken before the plugin heard of it gives it no work; a later one (the agent
+        // registered again) does.
+        let (answer, _) = c.request(any(), 0, None, &fleet[..1], 5 * MS).expect("answers");
+        assert_eq!(answer["status"], "queued");
+        assert!(c.serve(&fleet[..1], 4 * MS).is_empty());
+        assert_eq!(c.serve(&fleet[..1], 6 * MS).len(), 1);
+        c.expire(5 * MS + DEPARTED_MEMORY_NS + 1);
+        assert!(c.departed.is_empty(), "forgotten after a while");
     }
 }

@@ -6,15 +6,27 @@
 //!
 //! An agent fits when it is registered, its status is `active` or `sleeping` (not `busy` or
 //! `offline`), it declares every required capability, and its *effective load* is below its
-//! capacity and below `max_load` when given. The effective load is the larger of the load the
-//! host reports and this plugin's own count for the agent (tasks mapped to it and not
-//! completed, plus reservations held on it): the two usually count the same work, so the larger
-//! never under-counts and never counts a task twice. Among fitting agents the least effective
-//! load wins; ties go to the lowest id.
+//! capacity and below `max_load` when given. The effective load is
+//! `max(host load, live tasks) + reservations`: the load the host reports and the tasks mapped
+//! to the agent here and not completed usually count the same work (a task mapped here is the
+//! one the orchestrator runs), so the larger of the two is taken, never their sum; reservations
+//! are capacity promised to requests that have no task yet, which the host never sees, so they
+//! are added on top. (With capacity 2 and host load 1, one request is fulfilled on the agent and
+//! a second one waits.) Among fitting agents the least effective load wins; ties go to the
+//! lowest id.
 //!
 //! A fulfilled request holds a **reservation** (one unit of load) on its agent until it is
 //! released (`release`, or `cancel`), or until `task_mapping` `assign` names it with
-//! `request_id`: the reservation then becomes that task.
+//! `request_id`: the reservation then becomes that task. The plugin releases a reservation on
+//! its own (`status` then says `"released"` with a `reason`) in two cases:
+//! - it was held for `reservation_ttl_ms` (default 5 minutes, counted from the fulfilment)
+//!   without being released or turned into a task: `"reason": "reservation expired"`. A client
+//!   that dies after a fulfilled request therefore holds capacity for a bounded time only;
+//! - its agent deregistered (the host's `AgentDeregistered` event): `"reason": "agent
+//!   deregistered"`. Nothing is announced. A queue scan that raced with the deregistration
+//!   (its snapshot of the fleet taken before) does not give the agent work either. The agent's
+//!   live tasks stay mapped to it (`agent_of`, `tasks_of` and `workload_analysis` still show
+//!   them): the caller reassigns them elsewhere with `"reassign": true`, or completes them.
 //!
 //! A request no agent fits waits in the **queue**, which is served in priority order (higher
 //! first, equal priorities first come, first served) whenever capacity may have appeared: on the
@@ -25,10 +37,12 @@
 //! event `agent_request_fulfilled`, `{"request_id", "agent_id", "priority", "waited_ms"}`.
 //!
 //! **Timeouts** are evaluated lazily, against the host's monotonic clock: at every operation of
-//! every capability, at every event and at every queue scan, requests whose deadline has passed
-//! become `timed_out` (their `waited_ms` is their timeout). Nothing sleeps or runs in the
-//! background, so a timed-out request is reported as such the next time anyone looks, which is
-//! the only time it can matter. A `timeout_ms` of 0 asks for an agent now or never.
+//! every capability, at every host event and at every queue scan, requests whose deadline has
+//! passed become `timed_out` (their `waited_ms` is their timeout), and reservations held past
+//! `reservation_ttl_ms` are released (and the queue served, since capacity appeared). Nothing
+//! sleeps or runs in the background, so an expired request or reservation is reported as such
+//! the next time anyone looks, which is the only time it can matter. A `timeout_ms` of 0 asks
+//! for an agent now or never.
 //!
 //! # Capabilities
 //!
@@ -39,11 +53,14 @@
 //!   configured `default_timeout_ms`, else no limit)}` -> `{"request_id": "req-N", "status":
 //!   "fulfilled" | "queued" | "timed_out", "agent_id"? (when fulfilled), "priority", "position"?
 //!   (when queued: 0 is served next)}`. A request that would be queued beyond `max_queued` is
-//!   refused with an "unavailable" error saying so.
+//!   refused with an "unavailable" error saying so. A fulfilled request's reservation lasts
+//!   `reservation_ttl_ms` (see above) unless it is released or turned into a task before.
 //! - `{"op": "status", "request_id"}` -> `{"request_id", "status": "fulfilled" | "queued" |
 //!   "cancelled" | "timed_out" | "released", "agent_id"?, "priority", "requirements",
 //!   "waited_ms" (time spent queued: until now, or until it left the queue), "task_id"? (the task
-//!   its reservation became), "position"?}`
+//!   its reservation became), "reservation_expires_in_ms"? (while it holds its reservation),
+//!   "reason"? (when the plugin released the reservation on its own: "reservation expired" or
+//!   "agent deregistered"), "position"?}`
 //! - `{"op": "cancel", "request_id"}` -> `{"request_id", "status": "cancelled"}` for a queued
 //!   request; for a fulfilled one that still holds its reservation, the reservation is released:
 //!   `{"request_id", "status": "released", "agent_id"}`. Anything else (already cancelled,
@@ -73,6 +90,10 @@
 //! - `{"op": "tasks_of", "agent_id"}` -> `{"agent_id", "task_ids": [..]}`: the agent's tasks
 //!   not completed, sorted. An agent neither registered nor known here is refused.
 //!
+//! A task stays mapped to its agent when the agent deregisters: moving it is the caller's call
+//! (`assign` with `"reassign": true`), and until then `agent_of` and `tasks_of` still show it
+//! there.
+//!
 //! **`workload_analysis`**: per-agent figures.
 //! - request: `{"agent_id"?}` (absent: every agent)
 //! - response: `{"agents": [{"agent_id", "registered", "status"?, "load"? (the host's, when
@@ -81,7 +102,8 @@
 //!   running + reserved) / capacity), "capacity", "reserved"}], "totals": {"agents", "assigned",
 //!   "running", "reserved", "done", "failed", "mean_ms", "p95_ms"}, "queued"}`. Every
 //!   registered agent is listed (zeros when idle), and so is every agent with tasks or history
-//!   here that has since deregistered (`registered: false`, last known capacity). Rows are
+//!   here that has since deregistered (`registered: false`, last known capacity, its live tasks
+//!   still counted as assigned or running until they are reassigned or completed). Rows are
 //!   sorted by id; totals cover the rows listed. An unknown `agent_id` is refused.
 //!
 //! Durations are kept in an HDR histogram per agent (exact below 256 ms, within 1% above) with
@@ -97,11 +119,15 @@
 //!
 //! ```toml
 //! [TaskCoordinationPlugin]
-//! max_queued = 10000          # queued agent requests at most (default 10,000); 0: never queue
-//! default_timeout_ms = 30000  # for requests that give no timeout_ms (default: wait forever)
+//! max_queued = 10000           # queued agent requests at most (default 10,000); 0: never queue
+//! default_timeout_ms = 30000   # for requests that give no timeout_ms (default: wait forever)
+//! reservation_ttl_ms = 300000  # how long a fulfilled request may hold its reservation without
+//!                              # releasing it or turning it into a task (default 300,000: 5
+//!                              # minutes; at least 1)
 //! ```
 //!
-//! Unknown keys are refused at initialization, naming the key.
+//! Unknown keys are refused at initialization, naming the key, and so is a `reservation_ttl_ms`
+//! of 0.
 //!
 //! # Consistency
 //!
@@ -116,7 +142,7 @@ mod input;
 mod queue;
 mod workload;
 
-use coordinator::{Coordinator, DEFAULT_MAX_QUEUED, Fulfilment};
+use coordinator::{Coordinator, DEFAULT_MAX_QUEUED, DEFAULT_RESERVATION_TTL_MS, Fulfilment};
 use fit::{Member, Requirements, takes_work};
 use input::Object;
 use plugin_api::prelude::*;
@@ -149,6 +175,7 @@ const WORKLOAD_EXPECTED: &str = "{\"agent_id\"?: string} (absent: every agent)";
 struct CoordinationConfig {
     max_queued: usize,
     default_timeout_ms: Option<u64>,
+    reservation_ttl_ms: u64,
 }
 
 impl Default for CoordinationConfig {
@@ -156,6 +183,7 @@ impl Default for CoordinationConfig {
         Self {
             max_queued: DEFAULT_MAX_QUEUED,
             default_timeout_ms: None,
+            reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
         }
     }
 }
@@ -225,11 +253,10 @@ impl TaskCoordinationPlugin {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Expires what is due and serves the queue from the whole fleet.
-    fn refresh(&self, host: &HostHandle, now: u64) {
+    /// Serves the queue from the whole fleet.
+    fn serve_fleet(&self, host: &HostHandle, now: u64) {
         let with_capabilities = {
-            let mut state = self.lock();
-            state.expire(now);
+            let state = self.lock();
             if !state.has_queued() {
                 return;
             }
@@ -238,6 +265,20 @@ impl TaskCoordinationPlugin {
         let fleet = fleet(host, with_capabilities);
         let served = self.lock().serve(&fleet, now);
         announce(host, served);
+    }
+
+    /// Expires what is due and serves the queue from the whole fleet.
+    fn refresh(&self, host: &HostHandle, now: u64) {
+        self.lock().expire(now);
+        self.serve_fleet(host, now);
+    }
+
+    /// After an expiry pass that released reservations (`freed`), serves the queue from the
+    /// whole fleet: the released slots may be on any agent.
+    fn serve_freed(&self, host: &HostHandle, freed: bool, now: u64) {
+        if freed {
+            self.serve_fleet(host, now);
+        }
     }
 
     /// Serves the queue from one agent, whose capacity may have grown.
@@ -317,13 +358,18 @@ impl TaskCoordinationPlugin {
             "agent_of" | "start" => {
                 input::only(obj, &["op", "task_id"], &format!("op `{op}`"), TASK_EXPECTED)?;
                 let task = input::string(obj, "task_id", TASK_EXPECTED)?;
-                let mut state = self.lock();
-                state.expire(now);
-                if op == "start" {
-                    state.start(task, now)
-                } else {
-                    Ok(state.agent_of(task))
-                }
+                let (answer, freed) = {
+                    let mut state = self.lock();
+                    let freed = state.expire(now);
+                    let answer = if op == "start" {
+                        state.start(task, now)
+                    } else {
+                        Ok(state.agent_of(task))
+                    };
+                    (answer, freed)
+                };
+                self.serve_freed(host, freed, now);
+                answer
             }
             "assign" => {
                 input::only(
@@ -353,15 +399,20 @@ impl TaskCoordinationPlugin {
                         "agent `{agent}` is not registered: tasks can be assigned to registered agents only"
                     ))
                 })?;
-                let (answer, freed) = {
+                let (answer, expired) = {
                     let mut state = self.lock();
-                    state.expire(now);
-                    state.assign(task, &agent, request, reassign, info.capacity, now)?
+                    let expired = state.expire(now);
+                    (
+                        state.assign(task, &agent, request, reassign, info.capacity, now),
+                        expired,
+                    )
                 };
-                if let Some(previous) = freed {
-                    self.serve_agent(host, &previous, now);
+                if expired {
+                    self.serve_fleet(host, now);
+                } else if let Ok((_, Some(previous))) = &answer {
+                    self.serve_agent(host, previous, now);
                 }
-                Ok(answer)
+                answer.map(|(answer, _)| answer)
             }
             "complete" => {
                 input::only(
@@ -373,21 +424,29 @@ impl TaskCoordinationPlugin {
                 let task = input::string(obj, "task_id", COMPLETE_EXPECTED)?;
                 let success = input::opt_bool(obj, "success", COMPLETE_EXPECTED)?.unwrap_or(true);
                 let duration_ms = input::opt_u64(obj, "duration_ms", COMPLETE_EXPECTED)?;
-                let (answer, agent) = {
+                let (answer, expired) = {
                     let mut state = self.lock();
-                    state.expire(now);
-                    state.complete(task, success, duration_ms, now)?
+                    let expired = state.expire(now);
+                    (state.complete(task, success, duration_ms, now), expired)
                 };
-                self.serve_agent(host, &agent, now);
-                Ok(answer)
+                if expired {
+                    self.serve_fleet(host, now);
+                } else if let Ok((_, agent)) = &answer {
+                    self.serve_agent(host, agent, now);
+                }
+                answer.map(|(answer, _)| answer)
             }
             _ => {
                 input::only(obj, &["op", "agent_id"], "op `tasks_of`", TASKS_OF_EXPECTED)?;
                 let agent = input::string(obj, "agent_id", TASKS_OF_EXPECTED)?;
                 let registered = host.agent(agent).is_some();
-                let mut state = self.lock();
-                state.expire(now);
-                state.tasks_of(agent, registered)
+                let (answer, freed) = {
+                    let mut state = self.lock();
+                    let freed = state.expire(now);
+                    (state.tasks_of(agent, registered), freed)
+                };
+                self.serve_freed(host, freed, now);
+                answer
             }
         }
     }
@@ -399,9 +458,13 @@ impl TaskCoordinationPlugin {
         let agent = input::opt_string(obj, "agent_id", WORKLOAD_EXPECTED)?;
         let now = host.monotonic_ns();
         let fleet = host.agent_loads();
-        let mut state = self.lock();
-        state.expire(now);
-        state.workload(agent, &fleet)
+        let (answer, freed) = {
+            let mut state = self.lock();
+            let freed = state.expire(now);
+            (state.workload(agent, &fleet), freed)
+        };
+        self.serve_freed(host, freed, now);
+        answer
     }
 }
 
@@ -425,7 +488,13 @@ impl OrchestrationPlugin for TaskCoordinationPlugin {
 
     async fn initialize(&self, host: HostHandle) -> Result<(), PluginError> {
         let config: CoordinationConfig = host.config_as()?;
-        self.lock().configure(config.max_queued, config.default_timeout_ms);
+        if config.reservation_ttl_ms == 0 {
+            return Err(PluginError::new(format!(
+                "{NAME} configuration: `reservation_ttl_ms` must be at least 1 (the milliseconds a fulfilled request may hold its agent without turning it into a task; default {DEFAULT_RESERVATION_TTL_MS})"
+            )));
+        }
+        self.lock()
+            .configure(config.max_queued, config.default_timeout_ms, config.reservation_ttl_ms);
         let _ = self.host.set(host);
         Ok(())
     }
@@ -459,14 +528,27 @@ impl OrchestrationPlugin for TaskCoordinationPlugin {
     }
 
     async fn on_event(&self, event: &OrchestratorEvent) {
-        let agent = match event {
-            OrchestratorEvent::AgentRegistered { agent_id } => agent_id,
-            OrchestratorEvent::AgentStatusChanged { agent_id, to, .. } if takes_work(*to) => agent_id,
-            _ => return,
-        };
         let Some(host) = self.host.get() else { return };
         let now = host.monotonic_ns();
-        self.lock().expire(now);
-        self.serve_agent(host, agent, now);
+        let (expired, woken) = match event {
+            OrchestratorEvent::AgentDeregistered { agent_id } => {
+                // Its reservations go (the capacity they held left with it, so the queue gains
+                // nothing); its live tasks stay mapped for the caller to reassign.
+                let mut state = self.lock();
+                let expired = state.expire(now);
+                state.depart(agent_id, now);
+                (expired, None)
+            }
+            OrchestratorEvent::AgentRegistered { agent_id } => (self.lock().expire(now), Some(agent_id)),
+            OrchestratorEvent::AgentStatusChanged { agent_id, to, .. } if takes_work(*to) => {
+                (self.lock().expire(now), Some(agent_id))
+            }
+            _ => (self.lock().expire(now), None),
+        };
+        if expired {
+            self.serve_fleet(host, now);
+        } else if let Some(agent) = woken {
+            self.serve_agent(host, agent, now);
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! kilobytes, growing only with the longest duration seen, at most about 17 KB) however many tasks it
 //! completes.
 
+use crate::fit::Own;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -31,11 +32,12 @@ pub(crate) struct AgentBook {
 }
 
 impl AgentBook {
-    /// The load this plugin counts on the agent: live tasks plus reservations.
-    pub(crate) fn own_load(&self) -> u32 {
-        u32::try_from(self.tasks.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(self.reserved)
+    /// What this plugin counts on the agent: live tasks and reservations.
+    pub(crate) fn own(&self) -> Own {
+        Own {
+            live: u32::try_from(self.tasks.len()).unwrap_or(u32::MAX),
+            reserved: self.reserved,
+        }
     }
 
     /// Live tasks not started yet.
@@ -181,7 +183,7 @@ mod tests {
         book.tasks.extend(["a".to_owned(), "b".to_owned(), "c".to_owned()]);
         book.running = 1;
         book.reserved = 1;
-        assert_eq!(book.own_load(), 4);
+        assert_eq!(book.own(), Own { live: 3, reserved: 1 });
         let row = Row {
             agent_id: "x",
             registered: true,

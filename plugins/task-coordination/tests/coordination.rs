@@ -3,14 +3,16 @@
 //! host clock, the mapping both ways, consistency under concurrency, workload figures, bad input
 //! and the conformance kit.
 
-use orchestrator_core::{AgentConfig, AgentId, AgentStatus, Orchestrator, OrchestratorError};
+use orchestrator_core::{
+    AgentConfig, AgentExecutor, AgentId, AgentStatus, ExecutionContext, ExecutorError, Orchestrator, OrchestratorError,
+};
 use plugin_api::{HealthState, IntegrationRequest, OrchestratorEvent};
 use plugin_task_coordination::{NAME, TaskCoordinationPlugin};
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 
 async fn orchestrator(config: Value) -> Orchestrator {
     Orchestrator::builder()
@@ -97,6 +99,48 @@ async fn wait_for_status(orch: &Orchestrator, id: &str, wanted: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{id} never became {wanted}: {}", status(orch, id).await);
+}
+
+/// Waits (at most 2 s) until `event` has gone through: the orchestrator hands each event to the
+/// plugins before its subscribers, so the plugin has handled it (and everything before it).
+async fn event_seen(events: &mut broadcast::Receiver<OrchestratorEvent>, event: &OrchestratorEvent) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(seen)) if seen == *event => return,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("no {event:?} within 2 s"),
+        }
+    }
+}
+
+/// An executor whose tasks run until the test lets one finish (one permit each), so that an
+/// agent carries load on the host for as long as the test needs.
+struct Gate(Arc<Semaphore>);
+
+#[async_trait::async_trait]
+impl AgentExecutor for Gate {
+    async fn execute(&self, _context: ExecutionContext) -> Result<Value, ExecutorError> {
+        let permit = self
+            .0
+            .acquire()
+            .await
+            .map_err(|e| ExecutorError::new(format!("the gate closed: {e}")))?;
+        permit.forget();
+        Ok(json!({"ran": true}))
+    }
+}
+
+/// Polls (every 10 ms, at most 2 s) until the host reports `load` on `agent`.
+async fn wait_for_host_load(orch: &Orchestrator, agent: &str, load: u32) {
+    for _ in 0..200 {
+        if orch.agent(&AgentId::from(agent)).map(|a| a.load) == Some(load) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{agent} never reached host load {load}");
 }
 
 fn queue_order(answer: &Value) -> Vec<String> {
@@ -314,6 +358,235 @@ async fn unknown_configuration_keys_are_refused() {
 }
 
 #[tokio::test]
+async fn reservations_add_to_the_host_load_so_an_agent_is_never_overbooked() {
+    let gate = Arc::new(Semaphore::new(0));
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .plugin(TaskCoordinationPlugin::default())
+        .executor(Gate(Arc::clone(&gate)))
+        .build()
+        .await
+        .expect("builds");
+    agent(&orch, "a", 2, &[]).await;
+    // The host runs a task on a (load 1 of 2) that the plugin knows nothing of.
+    let running = tokio::spawn(orch.execute_agent_task(&AgentId::from("a"), json!({"job": 1})));
+    wait_for_host_load(&orch, "a", 1).await;
+
+    let (r1, answer) = request(&orch, json!({})).await;
+    assert_eq!(answer["status"], "fulfilled");
+    assert_eq!(answer["agent_id"], "a");
+    let (r2, answer) = request(&orch, json!({})).await;
+    assert_eq!(
+        answer["status"], "queued",
+        "1 running on the host + 1 reserved = capacity 2: a third unit would overbook a"
+    );
+    let (_, answer) = request(&orch, json!({"timeout_ms": 0})).await;
+    assert_eq!(answer["status"], "timed_out", "nothing fits now");
+
+    // The reservation becomes a task, which the host may be the one running: it is counted
+    // once (max(host 1, live 1) = 1), so r2 now fits.
+    call(
+        &orch,
+        "task_mapping",
+        json!({"op": "assign", "task_id": "t1", "request_id": r1}),
+    )
+    .await;
+    assert_eq!(wait_for_status(&orch, &r2, "fulfilled").await["agent_id"], "a");
+    let (r3, answer) = request(&orch, json!({})).await;
+    assert_eq!(answer["status"], "queued", "max(1, 1) + 1 reserved = 2");
+
+    // The host's task ends: t1 and r2 still fill a.
+    gate.add_permits(1);
+    running.await.expect("joins").expect("the task ran");
+    wait_for_host_load(&orch, "a", 0).await;
+    assert_eq!(status(&orch, &r3).await["status"], "queued", "max(0, 1) + 1 = 2");
+    call(&orch, "task_mapping", json!({"op": "complete", "task_id": "t1"})).await;
+    assert_eq!(status(&orch, &r3).await["status"], "fulfilled");
+    let workload = call(&orch, "workload_analysis", json!({"agent_id": "a"})).await;
+    assert_eq!(workload["agents"][0]["reserved"], 2);
+}
+
+#[tokio::test]
+async fn a_deregistered_agent_loses_its_reservations_and_keeps_its_tasks() {
+    let orch = orchestrator(json!({})).await;
+    let mut events = orch.subscribe_events();
+    agent(&orch, "gone", 4, &["gpu"]).await;
+    agent(&orch, "stay", 4, &[]).await;
+    let (r1, answer) = request(&orch, json!({"requirements": {"capabilities": ["gpu"]}})).await;
+    assert_eq!(answer["agent_id"], "gone");
+    let (r2, _) = request(&orch, json!({"requirements": {"capabilities": ["gpu"]}})).await;
+    let (kept, answer) = request(&orch, json!({})).await;
+    assert_eq!(answer["agent_id"], "stay");
+    for task in ["t1", "t2"] {
+        call(
+            &orch,
+            "task_mapping",
+            json!({"op": "assign", "task_id": task, "agent_id": "gone"}),
+        )
+        .await;
+    }
+    call(&orch, "task_mapping", json!({"op": "start", "task_id": "t2"})).await;
+
+    orch.deregister_agent(&AgentId::from("gone"))
+        .await
+        .expect("deregisters");
+    let left = OrchestratorEvent::AgentDeregistered {
+        agent_id: "gone".into(),
+    };
+    event_seen(&mut events, &left).await;
+
+    for id in [&r1, &r2] {
+        let answer = status(&orch, id).await;
+        assert_eq!(answer["status"], "released", "{answer}");
+        assert_eq!(answer["reason"], "agent deregistered", "{answer}");
+        assert_eq!(answer["agent_id"], "gone", "{answer}");
+        assert!(answer.get("reservation_expires_in_ms").is_none(), "{answer}");
+    }
+    let kept = status(&orch, &kept).await;
+    assert_eq!(kept["status"], "fulfilled", "another agent's reservation is untouched");
+    assert!(kept.get("reason").is_none());
+    let refusal = refused(&orch, "agent_requests", json!({"op": "release", "request_id": r1})).await;
+    assert!(refusal.contains("released (agent deregistered)"), "{refusal}");
+    let refusal = refused(
+        &orch,
+        "task_mapping",
+        json!({"op": "assign", "task_id": "t9", "request_id": r2}),
+    )
+    .await;
+    assert!(refusal.contains("agent deregistered"), "{refusal}");
+
+    // Its live tasks stay mapped to it, and still count there, until the caller moves them.
+    let tasks = call(&orch, "task_mapping", json!({"op": "tasks_of", "agent_id": "gone"})).await;
+    assert_eq!(tasks["task_ids"], json!(["t1", "t2"]));
+    let of = call(&orch, "task_mapping", json!({"task_id": "t2"})).await;
+    assert_eq!(
+        (of["agent_id"].as_str(), of["state"].as_str()),
+        (Some("gone"), Some("running"))
+    );
+    let workload = call(&orch, "workload_analysis", json!({})).await;
+    let row = &workload["agents"][0];
+    assert_eq!(row["agent_id"], "gone");
+    assert_eq!(row["registered"], false);
+    assert_eq!((row["assigned"].as_u64(), row["running"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(row["reserved"], 0);
+    assert_eq!(row["capacity"], 4, "the last capacity seen");
+    assert_eq!(workload["totals"]["reserved"], 1, "only stay's");
+    assert_eq!(workload["totals"]["assigned"], 1);
+    assert_eq!(workload["totals"]["running"], 1);
+
+    let moved = call(
+        &orch,
+        "task_mapping",
+        json!({"op": "assign", "task_id": "t2", "agent_id": "stay", "reassign": true}),
+    )
+    .await;
+    assert_eq!(moved["previous_agent"], "gone");
+    let workload = call(&orch, "workload_analysis", json!({"agent_id": "gone"})).await;
+    assert_eq!(workload["agents"][0]["running"], 0);
+    assert_eq!(workload["agents"][0]["assigned"], 1);
+    let (_, answer) = request(&orch, json!({"requirements": {"capabilities": ["gpu"]}})).await;
+    assert_eq!(answer["status"], "queued", "no gpu agent is left");
+
+    // Nothing was announced: every event up to a later marker is the host's own.
+    agent(&orch, "marker", 1, &[]).await;
+    let marker = OrchestratorEvent::AgentRegistered {
+        agent_id: "marker".into(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(event)) if event == marker => break,
+            Ok(Ok(OrchestratorEvent::Custom { source, name, data, .. })) if source == NAME => {
+                panic!("{name} {data} announced after the deregistration")
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("no marker event within 2 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unclaimed_reservations_expire_after_the_ttl_and_let_the_queue_in() {
+    let orch = orchestrator(json!({"reservation_ttl_ms": 300})).await;
+    let mut events = orch.subscribe_events();
+    agent(&orch, "a", 2, &[]).await;
+    let (claimed, _) = request(&orch, json!({})).await;
+    call(
+        &orch,
+        "task_mapping",
+        json!({"op": "assign", "task_id": "t", "request_id": claimed}),
+    )
+    .await;
+    let (unclaimed, answer) = request(&orch, json!({})).await;
+    assert_eq!(answer["status"], "fulfilled");
+    let held = status(&orch, &unclaimed).await;
+    assert!(
+        held["reservation_expires_in_ms"].as_u64().is_some_and(|ms| ms <= 300),
+        "{held}"
+    );
+    let (waiting, answer) = request(&orch, json!({})).await;
+    assert_eq!(answer["status"], "queued", "t and the unclaimed reservation fill a");
+
+    let expired = wait_for_status(&orch, &unclaimed, "released").await;
+    assert_eq!(expired["reason"], "reservation expired");
+    assert_eq!(expired["agent_id"], "a");
+    let event = fulfilled_event(&mut events, &waiting).await;
+    assert_eq!(event["agent_id"], "a", "the queue is served from the freed slot");
+    assert_eq!(status(&orch, &waiting).await["status"], "fulfilled");
+    let claimed = status(&orch, &claimed).await;
+    assert_eq!(
+        claimed["status"], "fulfilled",
+        "a reservation turned into a task never expires"
+    );
+    assert_eq!(claimed["task_id"], "t");
+    assert!(claimed.get("reason").is_none());
+    let refusal = refused(
+        &orch,
+        "agent_requests",
+        json!({"op": "release", "request_id": unclaimed}),
+    )
+    .await;
+    assert!(refusal.contains("released (reservation expired)"), "{refusal}");
+    let refusal = refused(
+        &orch,
+        "task_mapping",
+        json!({"op": "assign", "task_id": "late", "request_id": unclaimed}),
+    )
+    .await;
+    assert!(refusal.contains("reservation expired"), "{refusal}");
+
+    // Expiry is lazy on every capability: workload_analysis sees the last one go too.
+    let mut reserved = Value::Null;
+    for _ in 0..200 {
+        let workload = call(&orch, "workload_analysis", json!({"agent_id": "a"})).await;
+        reserved = workload["agents"][0]["reserved"].clone();
+        if reserved == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reserved, 0, "the waiting request's reservation expired too");
+    assert_eq!(status(&orch, &waiting).await["reason"], "reservation expired");
+}
+
+#[tokio::test]
+async fn a_zero_reservation_ttl_is_refused() {
+    let err = Orchestrator::builder()
+        .legacy_mode(false)
+        .plugin(TaskCoordinationPlugin::default())
+        .configure(NAME, json!({"reservation_ttl_ms": 0}))
+        .build()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("reservation_ttl_ms") && text.contains("at least 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn tasks_map_to_agents_both_ways() {
     let orch = orchestrator(json!({})).await;
     agent(&orch, "a", 4, &[]).await;
@@ -437,61 +710,134 @@ async fn moving_a_task_to_another_agent_needs_reassign() {
     assert_eq!(workload["totals"]["assigned"], 1);
 }
 
+/// Tasks in the concurrency test, and the workers that share them.
+const TASKS: usize = 2_000;
+const WORKERS: usize = 16;
+const AGENTS: usize = 3;
+/// A worker takes task `i - LAG` over after assigning task `i`: another worker assigned it
+/// (`LAG` is not a multiple of `WORKERS`), maybe a moment ago, maybe not yet.
+const LAG: usize = 37;
+
+/// Starts, moves (`"reassign": true`) and completes task `t`, which another worker assigns.
+/// `None` when that worker has not assigned it yet (the one refusal the interleaving produces
+/// here); otherwise the agent it completed on and whether it succeeded.
+async fn take_over(orch: &Orchestrator, t: usize) -> Option<(String, bool)> {
+    let task = format!("t{t}");
+    let started = match try_call(orch, "task_mapping", json!({"op": "start", "task_id": task})).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(&format!("unknown task_id `{task}`")), "{text}");
+            return None;
+        }
+    };
+    assert_eq!(started["state"], "running", "{started}");
+    let from = started["agent_id"].as_str().expect("an agent").to_owned();
+    let from_index: usize = from
+        .strip_prefix('w')
+        .and_then(|n| n.parse().ok())
+        .expect("an agent wN");
+    let to = format!("w{}", (from_index + 1 + t % 2) % AGENTS);
+    let moved = call(
+        orch,
+        "task_mapping",
+        json!({"op": "assign", "task_id": task, "agent_id": to, "reassign": true}),
+    )
+    .await;
+    assert_eq!(moved["previous_agent"], from.as_str(), "{moved}");
+    assert_eq!(moved["state"], "assigned", "{moved}");
+    if t % 3 == 0 {
+        call(orch, "task_mapping", json!({"op": "start", "task_id": task})).await;
+    }
+    let success = t % 4 != 0;
+    let done = call(
+        orch,
+        "task_mapping",
+        json!({"op": "complete", "task_id": task, "success": success, "duration_ms": t % 50}),
+    )
+    .await;
+    assert_eq!(done["agent_id"], to.as_str(), "{done}");
+    Some((to, success))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_assign_and_complete_keep_every_count() {
-    const TASKS: usize = 2_000;
-    const WORKERS: usize = 16;
+async fn interleaved_assign_start_reassign_and_complete_keep_every_count() {
     let orch = orchestrator(json!({})).await;
-    for i in 0..3 {
-        agent(&orch, &format!("w{i}"), 1_000, &[]).await;
+    for a in 0..AGENTS {
+        agent(&orch, &format!("w{a}"), 1_000, &[]).await;
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(WORKERS));
     let mut handles = Vec::new();
     for worker in 0..WORKERS {
         let orch = orch.clone();
         let barrier = Arc::clone(&barrier);
-        // Two workers race for every task, each for its own agent.
         handles.push(tokio::spawn(async move {
-            let mine: Vec<usize> = (worker % 8..TASKS).step_by(8).collect();
-            let agent = format!("w{}", worker % 3);
-            let mut assigned = Vec::new();
-            for &t in &mine {
-                let data = json!({"op": "assign", "task_id": format!("t{t}"), "agent_id": agent});
-                match try_call(&orch, "task_mapping", data).await {
-                    Ok(_) => assigned.push(t),
-                    Err(e) => assert!(e.to_string().contains("already mapped"), "{e}"),
-                }
-            }
             barrier.wait().await;
-            let mut completed = Vec::new();
-            for &t in &mine {
-                let data = json!({
-                    "op": "complete",
-                    "task_id": format!("t{t}"),
-                    "success": t % 4 != 0,
-                    "duration_ms": t % 50,
-                });
-                match try_call(&orch, "task_mapping", data).await {
-                    Ok(_) => completed.push(t),
-                    Err(e) => assert!(e.to_string().contains("already completed"), "{e}"),
+            let mut finished = Vec::new();
+            let mut pending = VecDeque::new();
+            // Worker w assigns tasks w, w + 16, ... and takes over tasks i - LAG, which other
+            // workers assign: assignment, starts, moves and completions of the same and of
+            // different tasks interleave from every worker throughout.
+            for i in (worker..TASKS + LAG).step_by(WORKERS) {
+                if i < TASKS {
+                    let data =
+                        json!({"op": "assign", "task_id": format!("t{i}"), "agent_id": format!("w{}", i % AGENTS)});
+                    let answer = call(&orch, "task_mapping", data).await;
+                    assert_eq!(answer["state"], "assigned", "{answer}");
+                }
+                // Start a task assigned two rounds ago, which the worker taking it over may be
+                // moving or completing right now: once completed, a start is refused.
+                if let Some(earlier) = i.checked_sub(2 * WORKERS).filter(|t| *t < TASKS) {
+                    let data = json!({"op": "start", "task_id": format!("t{earlier}")});
+                    if let Err(e) = try_call(&orch, "task_mapping", data).await {
+                        assert!(e.to_string().contains("already completed"), "{e}");
+                    }
+                }
+                if let Some(t) = i.checked_sub(LAG) {
+                    pending.push_back(t);
+                }
+                for _ in 0..pending.len() {
+                    let Some(t) = pending.pop_front() else { break };
+                    match take_over(&orch, t).await {
+                        Some((agent, success)) => finished.push((t, agent, success)),
+                        None => pending.push_back(t),
+                    }
                 }
             }
-            (assigned, completed)
+            // The last ones wait for workers still assigning (bounded: fail, never hang).
+            let mut retries = 0;
+            while let Some(t) = pending.pop_front() {
+                match take_over(&orch, t).await {
+                    Some((agent, success)) => finished.push((t, agent, success)),
+                    None => {
+                        retries += 1;
+                        assert!(retries < 10_000, "task t{t} was never assigned");
+                        pending.push_back(t);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            finished
         }));
     }
-    let (mut assigned, mut completed) = (Vec::new(), Vec::new());
+    let mut finished: HashMap<usize, (String, bool)> = HashMap::new();
     for handle in handles {
-        let (a, c) = handle.await.expect("worker");
-        assigned.extend(a);
-        completed.extend(c);
+        for (t, agent, success) in handle.await.expect("worker") {
+            assert!(finished.insert(t, (agent, success)).is_none(), "t{t} completed twice");
+        }
     }
-    assert_eq!(assigned.len(), TASKS, "every task assigned exactly once");
-    assert_eq!(
-        assigned.iter().collect::<HashSet<_>>().len(),
-        TASKS,
-        "no task mapped twice"
-    );
-    assert_eq!(completed.len(), TASKS, "every task completed exactly once");
+    assert_eq!(finished.len(), TASKS, "every task completed exactly once");
+
+    // Per agent, what the workers saw.
+    let mut expected: HashMap<String, (u64, u64)> = HashMap::new();
+    for (agent, success) in finished.values() {
+        let counts = expected.entry(agent.clone()).or_default();
+        if *success {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
 
     let workload = call(&orch, "workload_analysis", json!({})).await;
     let totals = &workload["totals"];
@@ -499,26 +845,44 @@ async fn concurrent_assign_and_complete_keep_every_count() {
     assert_eq!(totals["failed"], 500);
     assert_eq!(totals["assigned"], 0);
     assert_eq!(totals["running"], 0);
-    let per_agent: u64 = workload["agents"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| r["done"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(per_agent, TASKS as u64);
-    for i in 0..3 {
-        let tasks = call(
-            &orch,
-            "task_mapping",
-            json!({"op": "tasks_of", "agent_id": format!("w{i}")}),
-        )
-        .await;
-        assert_eq!(tasks["task_ids"], json!([]));
+    assert_eq!(totals["reserved"], 0);
+    let rows = workload["agents"].as_array().expect("rows");
+    assert_eq!(rows.len(), AGENTS);
+    let mut sums: HashMap<&str, u64> = HashMap::new();
+    for row in rows {
+        let agent = row["agent_id"].as_str().expect("an id");
+        let field = |f: &str| row[f].as_u64().unwrap_or_else(|| panic!("{f} in {row}"));
+        let (done, failed) = expected.get(agent).copied().unwrap_or_default();
+        assert_eq!((field("done"), field("failed")), (done, failed), "{row}");
+        for f in ["done", "failed", "assigned", "running", "reserved"] {
+            *sums.entry(f).or_default() += field(f);
+        }
     }
-    for t in [0, 1, 999, 1_999] {
-        let of = call(&orch, "task_mapping", json!({"task_id": format!("t{t}")})).await;
-        let expected = if t % 4 != 0 { "done" } else { "failed" };
-        assert_eq!(of["state"], expected, "{of}");
+    for (f, sum) in sums {
+        assert_eq!(totals[f].as_u64(), Some(sum), "totals.{f} is the sum of the rows");
+    }
+
+    // Both directions of the mapping agree: no task on two agents, and every task's agent_of
+    // names the agent whose tasks_of lists it exactly when it is live.
+    let mut listed: HashMap<String, String> = HashMap::new();
+    for a in 0..AGENTS {
+        let agent = format!("w{a}");
+        let tasks = call(&orch, "task_mapping", json!({"op": "tasks_of", "agent_id": agent})).await;
+        for task in tasks["task_ids"].as_array().expect("a list") {
+            let task = task.as_str().expect("a task id").to_owned();
+            if let Some(other) = listed.insert(task.clone(), agent.clone()) {
+                panic!("{task} is listed by both {other} and {agent}");
+            }
+        }
+    }
+    assert!(listed.is_empty(), "every task completed, none live: {listed:?}");
+    for t in 0..TASKS {
+        let task = format!("t{t}");
+        let of = call(&orch, "task_mapping", json!({"op": "agent_of", "task_id": task})).await;
+        let (agent, success) = &finished[&t];
+        assert_eq!(of["agent_id"], agent.as_str(), "{of}");
+        assert_eq!(of["state"], if *success { "done" } else { "failed" }, "{of}");
+        assert_eq!(listed.get(&task), None, "a completed task is in no tasks_of");
     }
 }
 
