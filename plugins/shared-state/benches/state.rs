@@ -1,6 +1,7 @@
-//! Shared-state costs: compare-and-set in memory and on Redis over loopback, beside the raw
-//! Redis round trip (PING, the floor) and the naive read-then-write it replaces (two round
-//! trips, and racy); then the durable queue's throughput (enqueue + take + ack) with one and with
+//! Shared-state costs: compare-and-set in memory and on Redis over loopback, beside the Redis
+//! round trip (PING, the floor: through the store, and on a plain client without the store's
+//! hand-off to its I/O thread) and the naive read-then-write it replaces (two round trips, and
+//! racy); then the durable queue's throughput (enqueue + take + ack) with one and with
 //! two consumer processes.
 //!
 //! `cargo bench -p plugin-shared-state` (needs `redis-server` on the PATH; the bench starts its
@@ -63,6 +64,15 @@ fn cas(c: &mut Criterion) {
             .get_multiplexed_async_connection()
             .await
             .expect("connects")
+    });
+    group.bench_function("redis_ping_raw_client", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut raw = raw.clone();
+            async move {
+                let pong: String = redis::cmd("PING").query_async(&mut raw).await.expect("pong");
+                black_box(pong)
+            }
+        })
     });
     group.bench_function("redis_read_then_blind_write_naive", |b| {
         b.to_async(&rt).iter(|| {
