@@ -31,11 +31,11 @@
 //! Plugins are written against the [`plugin_api`] crate, re-exported here.
 
 pub use orchestrator_core::{
-    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, C_ABI_VERSION, CapabilityInfo, Catalog,
+    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, C_ABI_VERSION, CapabilityInfo, Catalog, Clock,
     ConfigError, DEFAULT_CALL_TIMEOUT, DispatchError, DryRunExecutor, ExecutionContext, ExecutorError, FailedAttempt,
-    LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, OpenedPlugin,
-    Orchestrator, OrchestratorBuilder, OrchestratorError, PluginAbi, PluginInfo, PluginInspection, PluginOptions,
-    PluginOrigin, ProviderFailure, RegistryError, Task, inspect_plugin, open_plugin,
+    LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, ManualClock,
+    OpenedPlugin, Orchestrator, OrchestratorBuilder, OrchestratorError, PluginAbi, PluginInfo, PluginInspection,
+    PluginOptions, PluginOrigin, ProviderFailure, RegistryError, SystemClock, Task, inspect_plugin, open_plugin,
 };
 pub use plugin_api;
 pub use plugin_api::{
@@ -43,6 +43,7 @@ pub use plugin_api::{
     PluginError,
 };
 
+pub use plugin_context::ContextManagementPlugin;
 pub use plugin_routing::ContextAwareRoutingPlugin;
 pub use plugin_security::SecurityIntegrationPlugin;
 pub use plugin_shared_state::SharedStatePlugin;
@@ -52,13 +53,14 @@ pub use plugin_workflow::EnhancedWorkflowPlugin;
 /// `with_default_plugins()` for [`OrchestratorBuilder`]: the plugins this crate ships, linked
 /// statically.
 ///
-/// Today that is five of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
+/// Today that is six of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
 /// (`extended_thinking`, `slash_commands`, `quality_gates`), [`ContextAwareRoutingPlugin`]
 /// (`semantic_routing`, `agent_profiling`, `performance_learning`),
 /// [`SecurityIntegrationPlugin`] (`oauth_auth`, `rbac_enforcement`, `audit_logging`),
 /// [`SharedStatePlugin`] (`atomic_updates`, `real_time_balancing`, `workflow_tracking`; in memory
-/// unless configured for Redis) and [`TaskCoordinationPlugin`] (`agent_requests`,
-/// `task_mapping`, `workload_analysis`). The others join as they land.
+/// unless configured for Redis), [`TaskCoordinationPlugin`] (`agent_requests`, `task_mapping`,
+/// `workload_analysis`) and [`ContextManagementPlugin`] (`sleep_wake_cycles`,
+/// `context_consolidation`, `session_management`). The others join as they land.
 ///
 /// ```
 /// use orchestrator::prelude::*;
@@ -81,6 +83,7 @@ impl DefaultPlugins for OrchestratorBuilder {
             .plugin(SecurityIntegrationPlugin::default())
             .plugin(SharedStatePlugin::default())
             .plugin(TaskCoordinationPlugin::default())
+            .plugin(ContextManagementPlugin::default())
     }
 }
 

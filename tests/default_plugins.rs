@@ -7,7 +7,7 @@ use orchestrator::prelude::*;
 use orchestrator::{PluginOrigin, plugin_api::testkit};
 use serde_json::json;
 
-const SHIPPED: [(&str, &str, &str, [&str; 3]); 5] = [
+const SHIPPED: [(&str, &str, &str, [&str; 3]); 6] = [
     (
         "plugin-workflow",
         "workflow_plugin",
@@ -37,6 +37,12 @@ const SHIPPED: [(&str, &str, &str, [&str; 3]); 5] = [
         "task_coordination_plugin",
         "TaskCoordinationPlugin",
         ["agent_requests", "task_mapping", "workload_analysis"],
+    ),
+    (
+        "plugin-context",
+        "context_plugin",
+        "ContextManagementPlugin",
+        ["sleep_wake_cycles", "context_consolidation", "session_management"],
     ),
 ];
 

@@ -346,3 +346,20 @@ async fn a_provider_retired_mid_call_is_never_called_after_shutdown() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn plugins_read_time_from_the_builders_clock() {
+    let clock = orchestrator::ManualClock::starting_at_unix_ms(1_000);
+    let plugin = ScriptedPlugin::new("Clocked", &["clocked"], Behaviour::Echo);
+    let host = std::sync::Arc::clone(&plugin.host);
+    let _orch = Orchestrator::builder()
+        .clock(clock.clone())
+        .plugin(plugin)
+        .build()
+        .await
+        .expect("builds");
+    let host = host.lock().expect("lock").clone().expect("initialized");
+    assert_eq!((host.now_unix_ms(), host.monotonic_ns()), (1_000, 0));
+    clock.advance(Duration::from_millis(1_500));
+    assert_eq!((host.now_unix_ms(), host.monotonic_ns()), (2_500, 1_500_000_000));
+}

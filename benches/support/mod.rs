@@ -46,7 +46,7 @@ impl OrchestrationPlugin for MinimalPlugin {
 /// the names and capabilities of the plugin crates still to come, so that registration is
 /// measured with nine plugins receiving its events.
 pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
-    const TO_COME: [(&str, [&str; 3]); 4] = [
+    const TO_COME: [(&str, [&str; 3]); 3] = [
         (
             "PerformanceMonitoringPlugin",
             ["real_time_monitoring", "task_performance", "auto_scaling"],
@@ -54,10 +54,6 @@ pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
         (
             "HookIntegrationPlugin",
             ["lifecycle_hooks", "observability", "performance_hooks"],
-        ),
-        (
-            "ContextManagementPlugin",
-            ["sleep_wake_cycles", "context_consolidation", "session_management"],
         ),
         (
             "LoadBalancingPlugin",

@@ -9,6 +9,7 @@
 //! [`MAX_CALL_DEPTH`] they are refused, so a plugin that (directly or through others) calls
 //! itself fails with a clear error instead of exhausting the stack.
 
+use crate::clock::{Clock, SystemClock};
 use crate::dispatch;
 use crate::error::{AgentError, DispatchError, OrchestratorError};
 use crate::orchestrator::Inner;
@@ -18,7 +19,7 @@ use plugin_api::{
 };
 use serde_json::Value;
 use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How deeply plugin-to-capability calls may nest.
 pub(crate) const MAX_CALL_DEPTH: u32 = 16;
@@ -122,16 +123,16 @@ impl Host for CoreHost {
     }
 
     fn now_unix_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        match self.inner.upgrade() {
+            Some(inner) => inner.clock.now_unix_ms(),
+            None => SystemClock::new().now_unix_ms(),
+        }
     }
 
     fn monotonic_ns(&self) -> u64 {
         self.inner
             .upgrade()
-            .map(|inner| inner.started.elapsed().as_nanos() as u64)
+            .map(|inner| inner.clock.monotonic_ns())
             .unwrap_or(0)
     }
 

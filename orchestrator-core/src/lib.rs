@@ -9,6 +9,7 @@
 
 mod agents;
 mod c_abi;
+mod clock;
 mod config;
 mod dispatch;
 mod error;
@@ -25,6 +26,7 @@ mod task;
 
 pub use agents::{Agent, AgentConfig};
 pub use c_abi::C_ABI_VERSION;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::LEGACY;
 pub use error::{
     AgentError, ConfigError, DispatchError, FailedAttempt, LoadError, OrchestratorError, ProviderFailure, RegistryError,

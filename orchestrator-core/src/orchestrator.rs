@@ -5,6 +5,7 @@
 //! `tokio::spawn` as it is; the futures are lazy and do nothing until polled.
 
 use crate::agents::{Agent, AgentConfig, AgentRegistry};
+use crate::clock::{Clock, SystemClock};
 use crate::config::read_toml_file;
 use crate::dispatch;
 use crate::error::{AgentError, ConfigError, LoadError, OrchestratorError, RegistryError};
@@ -30,7 +31,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The default bound on one provider call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,7 +44,7 @@ pub(crate) struct Inner {
     pub(crate) call_timeout: Duration,
     pub(crate) round_robin: AtomicUsize,
     pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) started: Instant,
+    pub(crate) clock: Arc<dyn Clock>,
     executor: Arc<dyn AgentExecutor>,
     configs: Mutex<BTreeMap<String, Value>>,
     host: Arc<CoreHost>,
@@ -898,6 +899,7 @@ pub struct OrchestratorBuilder {
     legacy_mode: bool,
     call_timeout: Duration,
     executor: Arc<dyn AgentExecutor>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for OrchestratorBuilder {
@@ -910,6 +912,7 @@ impl Default for OrchestratorBuilder {
             legacy_mode: true,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             executor: Arc::new(DryRunExecutor),
+            clock: Arc::new(SystemClock::new()),
         }
     }
 }
@@ -938,6 +941,14 @@ impl OrchestratorBuilder {
     /// Adds a statically linked plugin, registered at build in the order added.
     pub fn plugin<P: OrchestrationPlugin>(self, plugin: P) -> Self {
         self.plugin_with(plugin, PluginOptions::new())
+    }
+
+    /// The clock plugins read through the host ([`SystemClock`] by default). A [`ManualClock`]
+    /// lets tests of time-driven plugins move time forward instead of sleeping; the
+    /// orchestrator's own timeouts stay on real time.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// Adds a plugin with explicit [`PluginOptions`].
@@ -1051,7 +1062,7 @@ impl OrchestratorBuilder {
             call_timeout: self.call_timeout,
             round_robin: AtomicUsize::new(0),
             runtime,
-            started: Instant::now(),
+            clock: self.clock,
             executor: self.executor,
             configs: Mutex::new(configs),
             host: Arc::new(CoreHost { inner: weak.clone() }),

@@ -439,6 +439,52 @@ async fn read_then_write_loses_a_claim_where_compare_and_set_does_not() {
     assert_eq!(winners, 1, "compare-and-set: exactly one claimant wins");
 }
 
+/// The child side of the shared-counter test: waits for the start signal, then acquires and
+/// releases load on one agent that every process shares.
+#[tokio::test]
+async fn load_worker() {
+    let Ok(url) = std::env::var("ORCH_LOAD_URL") else { return };
+    let ns = std::env::var("ORCH_LOAD_NS").expect("namespace");
+    let store = RedisStore::open(&url, &ns).expect("opens");
+    while store.get("start").await.expect("get").version == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for i in 0..400 {
+        store.acquire("shared").await.expect("acquire");
+        if i % 2 == 1 {
+            store.release("shared").await.expect("release");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_counters_shared_by_processes_stay_exact() {
+    let Some(server) = RedisServer::start() else { return };
+    let ns = namespace();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            common::ChildGuard(
+                std::process::Command::new(std::env::current_exe().expect("test binary"))
+                    .args(["load_worker", "--exact", "--test-threads=1"])
+                    .env("ORCH_LOAD_URL", server.url())
+                    .env("ORCH_LOAD_NS", &ns)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("spawns a worker"),
+            )
+        })
+        .collect();
+    let store = RedisStore::open(&server.url(), &ns).expect("opens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.compare_and_set("start", 0, &json!(true)).await.expect("cas").applied);
+    for mut worker in workers {
+        let status = tokio::task::spawn_blocking(move || worker.0.wait()).await.expect("joins");
+        assert!(status.expect("worker ends").success());
+    }
+    // 4 processes x (400 acquires - 200 releases).
+    assert_eq!(store.loads(Some(&["shared".into()])).await.expect("loads")["shared"], 800);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_fast_while_redis_is_down_and_succeed_once_it_is_back() {
     let Some(mut server) = RedisServer::start_durable() else {

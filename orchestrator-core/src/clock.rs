@@ -1,0 +1,121 @@
+//! The clock plugins read through the host: real time by default, a hand-driven one for tests.
+//!
+//! Plugins that act on time (idle agents put to sleep, sessions that expire, requests that time
+//! out, circuits that half-open) read it through [`HostHandle::now_unix_ms`] and
+//! [`HostHandle::monotonic_ns`](plugin_api::HostHandle::monotonic_ns), which the host answers
+//! from its [`Clock`]. Give the builder a [`ManualClock`] and a test moves time forward with
+//! [`ManualClock::advance`] instead of sleeping. Only what plugins see is affected: the
+//! orchestrator's own timers (`call_timeout`, drains) always run on real time, so a test cannot
+//! hang a call by stopping the clock.
+//!
+//! [`HostHandle::now_unix_ms`]: plugin_api::HostHandle::now_unix_ms
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A source of time for plugins.
+pub trait Clock: Send + Sync + 'static {
+    /// Wall-clock milliseconds since the Unix epoch.
+    fn now_unix_ms(&self) -> u64;
+    /// Monotonic nanoseconds from an origin fixed when the clock was made.
+    fn monotonic_ns(&self) -> u64;
+}
+
+/// Real time: the system clock, and a monotonic clock from when it was made. The default.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    /// A clock whose monotonic origin is now.
+    pub fn new() -> Self {
+        Self { origin: Instant::now() }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+}
+
+/// A clock that moves only when told: for tests of time-driven plugins. Clones share the time.
+///
+/// ```
+/// use orchestrator_core::{Clock, ManualClock};
+/// use std::time::Duration;
+/// let clock = ManualClock::starting_at_unix_ms(1_700_000_000_000);
+/// clock.advance(Duration::from_secs(90));
+/// assert_eq!(clock.now_unix_ms(), 1_700_000_090_000);
+/// assert_eq!(clock.monotonic_ns(), 90_000_000_000);
+/// ```
+#[derive(Clone, Default)]
+pub struct ManualClock {
+    start_unix_ms: u64,
+    elapsed_ns: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now_unix_ms", &self.now_unix_ms())
+            .finish()
+    }
+}
+
+impl ManualClock {
+    /// A clock standing at the real time now; it moves only with [`advance`](Self::advance).
+    pub fn new() -> Self {
+        Self::starting_at_unix_ms(SystemClock::new().now_unix_ms())
+    }
+
+    /// A clock standing at `unix_ms`.
+    pub fn starting_at_unix_ms(unix_ms: u64) -> Self {
+        Self {
+            start_unix_ms: unix_ms,
+            elapsed_ns: Arc::default(),
+        }
+    }
+
+    /// Moves time forward by `by` (for every clone).
+    pub fn advance(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.elapsed_ns.fetch_add(ns, Ordering::AcqRel);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_unix_ms(&self) -> u64 {
+        self.start_unix_ms + self.elapsed_ns.load(Ordering::Acquire) / 1_000_000
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        self.elapsed_ns.load(Ordering::Acquire)
+    }
+}
+
+impl<C: Clock> Clock for Arc<C> {
+    fn now_unix_ms(&self) -> u64 {
+        (**self).now_unix_ms()
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        (**self).monotonic_ns()
+    }
+}
