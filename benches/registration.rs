@@ -57,6 +57,10 @@ fn config() -> AgentConfig {
 
 fn bench_register(c: &mut Criterion) {
     let rt = support::runtime();
+    // First, while the heap is fresh: after the groups below have registered and dropped
+    // millions of agents, the allocator reuses what they freed and resident memory stops growing
+    // (a run that measured last reported 0 bytes per agent).
+    memory_per_agent(&rt);
     let mut group = c.benchmark_group("register_agent");
     group.throughput(Throughput::Elements(1));
     group.bench_function(BenchmarkId::new("naive_rwlock_hashmap", "nine_plugins"), |b| {
@@ -128,7 +132,6 @@ fn bench_register(c: &mut Criterion) {
     group.finish();
 
     latency_percentiles(&rt);
-    memory_per_agent(&rt);
 }
 
 fn latency_percentiles(rt: &tokio::runtime::Runtime) {

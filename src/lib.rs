@@ -44,6 +44,7 @@ pub use plugin_api::{
 };
 
 pub use plugin_context::ContextManagementPlugin;
+pub use plugin_load_balancing::LoadBalancingPlugin;
 pub use plugin_routing::ContextAwareRoutingPlugin;
 pub use plugin_security::SecurityIntegrationPlugin;
 pub use plugin_shared_state::SharedStatePlugin;
@@ -53,14 +54,16 @@ pub use plugin_workflow::EnhancedWorkflowPlugin;
 /// `with_default_plugins()` for [`OrchestratorBuilder`]: the plugins this crate ships, linked
 /// statically.
 ///
-/// Today that is six of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
+/// Today that is seven of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
 /// (`extended_thinking`, `slash_commands`, `quality_gates`), [`ContextAwareRoutingPlugin`]
 /// (`semantic_routing`, `agent_profiling`, `performance_learning`),
 /// [`SecurityIntegrationPlugin`] (`oauth_auth`, `rbac_enforcement`, `audit_logging`),
 /// [`SharedStatePlugin`] (`atomic_updates`, `real_time_balancing`, `workflow_tracking`; in memory
 /// unless configured for Redis), [`TaskCoordinationPlugin`] (`agent_requests`, `task_mapping`,
-/// `workload_analysis`) and [`ContextManagementPlugin`] (`sleep_wake_cycles`,
-/// `context_consolidation`, `session_management`). The others join as they land.
+/// `workload_analysis`), [`ContextManagementPlugin`] (`sleep_wake_cycles`,
+/// `context_consolidation`, `session_management`) and [`LoadBalancingPlugin`]
+/// (`adaptive_balancing`, `capacity_management`, `resource_optimization`). The monitoring pair
+/// (performance, hooks) joins when it lands.
 ///
 /// ```
 /// use orchestrator::prelude::*;
@@ -84,6 +87,7 @@ impl DefaultPlugins for OrchestratorBuilder {
             .plugin(SharedStatePlugin::default())
             .plugin(TaskCoordinationPlugin::default())
             .plugin(ContextManagementPlugin::default())
+            .plugin(LoadBalancingPlugin::default())
     }
 }
 

@@ -7,7 +7,7 @@ use orchestrator::prelude::*;
 use orchestrator::{PluginOrigin, plugin_api::testkit};
 use serde_json::json;
 
-const SHIPPED: [(&str, &str, &str, [&str; 3]); 6] = [
+const SHIPPED: [(&str, &str, &str, [&str; 3]); 7] = [
     (
         "plugin-workflow",
         "workflow_plugin",
@@ -43,6 +43,12 @@ const SHIPPED: [(&str, &str, &str, [&str; 3]); 6] = [
         "context_plugin",
         "ContextManagementPlugin",
         ["sleep_wake_cycles", "context_consolidation", "session_management"],
+    ),
+    (
+        "plugin-load-balancing",
+        "load_balancing_plugin",
+        "LoadBalancingPlugin",
+        ["adaptive_balancing", "capacity_management", "resource_optimization"],
     ),
 ];
 

@@ -46,7 +46,7 @@ impl OrchestrationPlugin for MinimalPlugin {
 /// the names and capabilities of the plugin crates still to come, so that registration is
 /// measured with nine plugins receiving its events.
 pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
-    const TO_COME: [(&str, [&str; 3]); 3] = [
+    const TO_COME: [(&str, [&str; 3]); 2] = [
         (
             "PerformanceMonitoringPlugin",
             ["real_time_monitoring", "task_performance", "auto_scaling"],
@@ -54,10 +54,6 @@ pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
         (
             "HookIntegrationPlugin",
             ["lifecycle_hooks", "observability", "performance_hooks"],
-        ),
-        (
-            "LoadBalancingPlugin",
-            ["adaptive_balancing", "capacity_management", "resource_optimization"],
         ),
     ];
     TO_COME.iter().fold(builder.with_default_plugins(), |b, (name, caps)| {

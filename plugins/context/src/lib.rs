@@ -12,8 +12,10 @@
 //! `activity` call, a session created or touched for the agent, context appended for it, or the
 //! agent becoming `busy`; its registration starts the count. Reading its status does not.
 //! - `{"op": "sweep" (default)}` -> `{"slept": [id], "checked"}`: every `active` agent with no load
-//!   that has been idle long enough goes to sleep (its context consolidated on the way). The
-//!   plugin also sweeps by itself every `sweep_interval_ms` (on the host's timer).
+//!   that has been idle long enough goes to sleep (its context consolidated on the way); an agent
+//!   found running tasks counts as working. The sweep visits only agents idle long enough
+//!   (`checked`), not the whole fleet. The plugin also sweeps by itself every
+//!   `sweep_interval_ms` (on the host's timer).
 //! - `{"op": "sleep", "agent_id"}` -> `{"agent_id", "status": "sleeping", "previous",
 //!   "consolidated"?: {"kept", "merged", "dropped"}}`
 //! - `{"op": "wake" | "activity", "agent_id"}` -> `{"agent_id", "status", "previous", "woke"}`:
@@ -71,9 +73,11 @@
 //! [`HostHandle::now_unix_ms`]: plugin_api::HostHandle::now_unix_ms
 
 mod consolidate;
+mod idle;
 mod sessions;
 
 use consolidate::{Budget, Entry, Policy};
+use idle::IdleIndex;
 use plugin_api::prelude::*;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -139,7 +143,7 @@ struct State {
     config: ContextConfig,
     policy: Policy,
     /// Last inbound work per agent (host ms).
-    activity: Mutex<HashMap<String, u64>>,
+    activity: Mutex<IdleIndex>,
     contexts: Mutex<HashMap<String, Vec<Entry>>>,
     sessions: Sessions,
     next_session: AtomicU64,
@@ -210,13 +214,14 @@ impl State {
     }
 
     fn record_activity(&self, agent_id: &str) {
-        lock(&self.activity).insert(agent_id.to_owned(), self.now());
+        let now = self.now();
+        lock(&self.activity).touch(agent_id, now);
     }
 
     /// When the agent last had work: its last activity, else when this plugin heard of it,
     /// else when the plugin started. Reading never counts as activity.
     fn last_activity(&self, agent_id: &str) -> u64 {
-        lock(&self.activity).get(agent_id).copied().unwrap_or(self.started_at)
+        lock(&self.activity).last(agent_id).unwrap_or(self.started_at)
     }
 
     fn default_budget(&self) -> Budget {
@@ -253,31 +258,30 @@ impl State {
         Ok(answer)
     }
 
+    /// Puts to sleep every active agent without load whose last work is `idle_sleep_ms` old,
+    /// visiting only those (see the `idle` module).
     fn sweep_agents(&self) -> Value {
         let now = self.now();
-        let loads = self.host.agent_loads();
+        let candidates = lock(&self.activity).idle_since(now.saturating_sub(self.config.idle_sleep_ms));
         let mut slept = Vec::new();
-        for agent in &loads {
-            if agent.status != AgentStatus::Active || agent.load > 0 {
-                continue;
-            }
-            let idle = now.saturating_sub(self.last_activity(&agent.id));
-            if idle < self.config.idle_sleep_ms {
-                continue;
-            }
-            // The snapshot may be stale: sleep only an agent still registered and active.
-            if let Some(info) = self
-                .host
-                .agent(&agent.id)
-                .filter(|a| a.status == AgentStatus::Active && a.load == 0)
-            {
-                if self.put_to_sleep(&info).is_ok() {
-                    slept.push(info.id);
+        for id in &candidates {
+            match self.host.agent(id) {
+                Some(info) if info.status == AgentStatus::Active && info.load == 0 => {
+                    if self.put_to_sleep(&info).is_ok() {
+                        lock(&self.activity).remove(id);
+                        slept.push(info.id);
+                    }
                 }
+                // Running tasks is work.
+                Some(info) if info.status == AgentStatus::Active || info.status == AgentStatus::Busy => {
+                    self.record_activity(id);
+                }
+                // Gone, asleep or offline: out of the index until work brings it back.
+                _ => lock(&self.activity).remove(id),
             }
         }
         slept.sort_unstable();
-        json!({"slept": slept, "checked": loads.len()})
+        json!({"slept": slept, "checked": candidates.len()})
     }
 
     fn wake(&self, agent_id: &str) -> Result<Value, PluginError> {
@@ -593,11 +597,10 @@ impl OrchestrationPlugin for ContextManagementPlugin {
             recency_weight: c.recency_weight,
         };
         let now = host.now_unix_ms();
-        let activity = host
-            .agent_loads()
-            .into_iter()
-            .map(|a| (a.id.to_string(), now))
-            .collect();
+        let mut activity = IdleIndex::default();
+        for agent in host.agent_loads() {
+            activity.touch(&agent.id, now);
+        }
         let state = Arc::new(State {
             sessions: Sessions::new(config.session_store),
             host,

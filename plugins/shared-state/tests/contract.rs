@@ -443,7 +443,9 @@ async fn read_then_write_loses_a_claim_where_compare_and_set_does_not() {
 /// releases load on one agent that every process shares.
 #[tokio::test]
 async fn load_worker() {
-    let Ok(url) = std::env::var("ORCH_LOAD_URL") else { return };
+    let Ok(url) = std::env::var("ORCH_LOAD_URL") else {
+        return;
+    };
     let ns = std::env::var("ORCH_LOAD_NS").expect("namespace");
     let store = RedisStore::open(&url, &ns).expect("opens");
     while store.get("start").await.expect("get").version == 0 {
@@ -476,13 +478,24 @@ async fn load_counters_shared_by_processes_stay_exact() {
         .collect();
     let store = RedisStore::open(&server.url(), &ns).expect("opens");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(store.compare_and_set("start", 0, &json!(true)).await.expect("cas").applied);
+    assert!(
+        store
+            .compare_and_set("start", 0, &json!(true))
+            .await
+            .expect("cas")
+            .applied
+    );
     for mut worker in workers {
-        let status = tokio::task::spawn_blocking(move || worker.0.wait()).await.expect("joins");
+        let status = tokio::task::spawn_blocking(move || worker.0.wait())
+            .await
+            .expect("joins");
         assert!(status.expect("worker ends").success());
     }
     // 4 processes x (400 acquires - 200 releases).
-    assert_eq!(store.loads(Some(&["shared".into()])).await.expect("loads")["shared"], 800);
+    assert_eq!(
+        store.loads(Some(&["shared".into()])).await.expect("loads")["shared"],
+        800
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
