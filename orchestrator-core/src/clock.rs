@@ -96,13 +96,17 @@ impl ManualClock {
     /// Moves time forward by `by` (for every clone).
     pub fn advance(&self, by: Duration) {
         let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.elapsed_ns.fetch_add(ns, Ordering::AcqRel);
+        // Saturating: time never wraps around to go backwards.
+        let _ = self
+            .elapsed_ns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| Some(t.saturating_add(ns)));
     }
 }
 
 impl Clock for ManualClock {
     fn now_unix_ms(&self) -> u64 {
-        self.start_unix_ms + self.elapsed_ns.load(Ordering::Acquire) / 1_000_000
+        self.start_unix_ms
+            .saturating_add(self.elapsed_ns.load(Ordering::Acquire) / 1_000_000)
     }
 
     fn monotonic_ns(&self) -> u64 {

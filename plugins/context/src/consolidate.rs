@@ -4,10 +4,11 @@
 //! Near-duplicates are found with MinHash over word shingles (character shingles for texts of
 //! fewer words than a shingle): each entry gets a signature of [`HASHES`] minima, and the share
 //! of equal minima between two signatures estimates the Jaccard similarity of their shingle
-//! sets. Candidate pairs come from locality-sensitive hashing (the signature cut into bands; two
-//! entries that agree on a whole band are compared), so a large context is not compared pair by
-//! pair; a candidate pair at or above the similarity threshold is merged (union-find, so chains
-//! of near-duplicates become one group). A group keeps its most important member (the most
+//! sets. Candidate pairs come from locality-sensitive hashing (the signature cut into bands,
+//! their width chosen from the threshold; two entries that agree on a whole band are compared),
+//! so a large context is not compared pair by pair; an entry at or above the similarity
+//! threshold with a member of a group joins it (union-find, so chains of near-duplicates become
+//! one group). A group keeps its most important member (the most
 //! recent on a tie) with the group's highest importance and latest timestamp.
 //!
 //! What remains is ranked by `importance + recency_weight x recency` (recency from 0 for the
@@ -25,10 +26,20 @@ use std::collections::{HashMap, HashSet};
 
 /// Signature length: the estimate's standard error is about 1/sqrt(64) = 0.125 at worst (0.5).
 pub(crate) const HASHES: usize = 64;
-/// LSH bands x rows = HASHES. With 16 bands of 4 rows, a pair of similarity 0.8 becomes a
-/// candidate with probability 1 - (1 - 0.8^4)^16 > 0.999; one of 0.3, about 0.12.
-const BANDS: usize = 16;
-const ROWS: usize = HASHES / BANDS;
+
+/// Rows per LSH band (bands x rows = HASHES) for a similarity threshold: a pair at the
+/// threshold becomes a candidate with probability 1 - (1 - t^rows)^(64 / rows), at least 0.998
+/// for every threshold (4 rows from 0.7: 0.8 gives > 0.999; 2 rows from 0.4: 0.4 gives 0.9995;
+/// 1 row below). Fewer rows compare more pairs, so the rows are as many as the threshold allows.
+fn rows_for(threshold: f64) -> usize {
+    if threshold >= 0.7 {
+        4
+    } else if threshold >= 0.4 {
+        2
+    } else {
+        1
+    }
+}
 
 /// One piece of an agent's context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +83,8 @@ pub(crate) struct Budget {
     pub(crate) tokens: Option<usize>,
 }
 
-/// An entry folded into another.
+/// An entry folded into another (chains of near-duplicates become one group, so `similarity`,
+/// to the entry kept, may be below the threshold for a member that joined through another).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Merge {
     /// The text it was merged into.
@@ -176,33 +188,35 @@ pub(crate) fn consolidate(entries: Vec<Entry>, budget: Budget, policy: &Policy) 
         .map(|e| signature(&shingles(&e.text, policy.shingle_words)))
         .collect();
 
-    // Candidate pairs from LSH bands, confirmed on the whole signature.
+    // Candidate pairs from LSH bands, confirmed on the whole signature. Within a bucket each
+    // member is compared with one member of each group already seen there, not with every
+    // member: a bucket of identical entries costs its length, not its length squared.
     let mut parent: Vec<usize> = (0..n).collect();
-    let mut best_link: Vec<Option<(usize, f64)>> = vec![None; n];
-    let mut checked: HashSet<(usize, usize)> = HashSet::new();
-    for band in 0..BANDS {
+    let rows = rows_for(policy.similarity_threshold);
+    for band in 0..HASHES / rows {
         let mut buckets: HashMap<&[u64], Vec<usize>> = HashMap::new();
         for (i, sig) in signatures.iter().enumerate() {
-            buckets.entry(&sig[band * ROWS..(band + 1) * ROWS]).or_default().push(i);
+            buckets.entry(&sig[band * rows..(band + 1) * rows]).or_default().push(i);
         }
         for members in buckets.values().filter(|m| m.len() > 1) {
-            for (x, &i) in members.iter().enumerate() {
-                for &j in &members[x + 1..] {
-                    if !checked.insert((i, j)) {
-                        continue;
+            let mut groups_seen: Vec<usize> = Vec::new();
+            for &i in members {
+                let mut joined = false;
+                for g in 0..groups_seen.len() {
+                    let j = groups_seen[g];
+                    if find(&mut parent, i) == find(&mut parent, j) {
+                        joined = true;
+                        break;
                     }
-                    let s = similarity(&signatures[i], &signatures[j]);
-                    if s >= policy.similarity_threshold {
+                    if similarity(&signatures[i], &signatures[j]) >= policy.similarity_threshold {
                         let (ri, rj) = (find(&mut parent, i), find(&mut parent, j));
-                        if ri != rj {
-                            parent[rj] = ri;
-                        }
-                        for (a, b) in [(i, j), (j, i)] {
-                            if best_link[a].is_none_or(|(_, t)| s > t) {
-                                best_link[a] = Some((b, s));
-                            }
-                        }
+                        parent[ri] = rj;
+                        joined = true;
+                        break;
                     }
+                }
+                if !joined {
+                    groups_seen.push(i);
                 }
             }
         }
@@ -235,7 +249,7 @@ pub(crate) fn consolidate(entries: Vec<Entry>, budget: Budget, policy: &Policy) 
             kept.importance = kept.importance.max(e.importance);
             kept.timestamp = kept.timestamp.max(e.timestamp);
             kept.merged_count += e.merged_count;
-            let similarity = best_link[m].map_or(policy.similarity_threshold, |(_, s)| s);
+            let similarity = similarity(&signatures[m], &signatures[representative]);
             merged.push(Merge {
                 into: entries[representative].text.clone(),
                 text: e.text.clone(),
@@ -405,6 +419,30 @@ mod tests {
         assert!(out.tokens <= 100);
         assert_eq!(out.tokens, out.kept.iter().map(|e| tokens(&e.text)).sum::<usize>());
         assert!(out.dropped.iter().any(|d| d.reason.contains("100 tokens")));
+    }
+
+    #[test]
+    fn many_identical_entries_merge_in_linear_work() {
+        // Quadratic pair checks would take minutes here (and gigabytes); grouping per bucket
+        // takes milliseconds.
+        let entries: Vec<Entry> = (0..5_000).map(|i| entry("the same note again", 0.5, i)).collect();
+        let out = consolidate(entries, ROOMY, &policy());
+        assert_eq!((out.kept.len(), out.merged.len()), (1, 4_999));
+        assert_eq!(out.kept[0].merged_count, 5_000);
+    }
+
+    #[test]
+    fn lower_thresholds_still_find_their_pairs() {
+        let low = Policy {
+            similarity_threshold: 0.45,
+            ..policy()
+        };
+        // Jaccard 7/12 = 0.58 on 2-word shingles: with 16 bands of 4 rows such a pair would be a
+        // candidate only 70% of the time; with the 32 bands of 2 rows this threshold gets, always.
+        let a = "alpha beta gamma delta epsilon zeta eta theta iota kappa";
+        let b = "alpha beta gamma delta epsilon zeta eta theta lambda mu nu";
+        let out = consolidate(vec![entry(a, 0.5, 1), entry(b, 0.5, 2)], ROOMY, &low);
+        assert_eq!(out.kept.len(), 1, "{out:?}");
     }
 
     #[test]

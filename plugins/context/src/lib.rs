@@ -9,14 +9,17 @@
 //!
 //! **`sleep_wake_cycles`**: agents idle for `idle_sleep_ms` are put to `sleeping` through the
 //! host; work for a sleeping agent wakes it. Only inbound work counts as activity: a `wake` or
-//! `activity` call, a session created or touched for the agent, context appended for it, or the
-//! agent becoming `busy`; its registration starts the count. Reading its status does not.
-//! - `{"op": "sweep" (default)}` -> `{"slept": [id], "checked"}`: every `active` agent with no load
+//! `activity` call, a session created or touched for the agent, context appended for it, the
+//! agent becoming `busy` or `active` (the host wakes a sleeping agent when a task starts), or
+//! tasks running on it when a sweep looks; its registration starts the count. Reading its status
+//! does not. Until the host reports every task's start (the monitoring feeds), a task that runs
+//! between two sweeps without changing the agent's status is not seen.
+//! - `{"op": "sweep"}` -> `{"slept": [id], "checked"}`: every `active` agent with no load
 //!   that has been idle long enough goes to sleep (its context consolidated on the way); an agent
 //!   found running tasks counts as working. The sweep visits only agents idle long enough
 //!   (`checked`), not the whole fleet. The plugin also sweeps by itself every
 //!   `sweep_interval_ms` (on the host's timer).
-//! - `{"op": "sleep", "agent_id"}` -> `{"agent_id", "status": "sleeping", "previous",
+//! - `{"op": "sleep" (default), "agent_id"}` -> `{"agent_id", "status": "sleeping", "previous",
 //!   "consolidated"?: {"kept", "merged", "dropped"}}`
 //! - `{"op": "wake" | "activity", "agent_id"}` -> `{"agent_id", "status", "previous", "woke"}`:
 //!   records activity and wakes the agent if it sleeps (`activity` is what an executor calls when
@@ -42,7 +45,7 @@
 //!   "agent_id", "state", "created_at", "expires_at" (ms), "ttl_s", "store": "memory" | "shared"}`
 //! - `{"op": "get", "session_id"}`, `{"op": "set", "session_id", "key", "value"}`, `{"op": "touch",
 //!   "session_id", "ttl_s"?}` (expiry moved to now + TTL) -> the session; `{"op": "end",
-//!   "session_id"}` -> `{"session_id", "ended": true}`. A session past its expiry is refused by all
+//!   "session_id"}` -> the session as it was, with `"ended": true`. A session past its expiry is refused by all
 //!   of them, whether or not a sweep has run.
 //! - `{"op": "sweep"}` -> `{"removed": [session ids]}`
 //!
@@ -144,7 +147,9 @@ struct State {
     policy: Policy,
     /// Last inbound work per agent (host ms).
     activity: Mutex<IdleIndex>,
-    contexts: Mutex<HashMap<String, Vec<Entry>>>,
+    /// Each agent's context behind its own lock, so that consolidating one agent's context
+    /// never holds up another's.
+    contexts: Mutex<HashMap<String, Arc<Mutex<Vec<Entry>>>>>,
     sessions: Sessions,
     next_session: AtomicU64,
     stopped: AtomicBool,
@@ -232,25 +237,28 @@ impl State {
     }
 
     /// Consolidates the agent's stored context to `budget`, replacing it.
+    fn context(&self, agent_id: &str) -> Arc<Mutex<Vec<Entry>>> {
+        Arc::clone(lock(&self.contexts).entry(agent_id.to_owned()).or_default())
+    }
+
     fn consolidate_stored(&self, agent_id: &str, extra: Vec<Entry>, budget: Budget) -> consolidate::Outcome {
-        let mut contexts = lock(&self.contexts);
-        let mut entries = contexts.remove(agent_id).unwrap_or_default();
+        let context = self.context(agent_id);
+        let mut stored = lock(&context);
+        let mut entries = std::mem::take(&mut *stored);
         entries.extend(extra);
         let outcome = consolidate::consolidate(entries, budget, &self.policy);
-        if !outcome.kept.is_empty() {
-            contexts.insert(agent_id.to_owned(), outcome.kept.clone());
-        }
+        stored.clone_from(&outcome.kept);
         outcome
     }
 
     /// Puts an agent to sleep, consolidating its context on the way.
     fn put_to_sleep(&self, agent: &AgentInfo) -> Result<Value, PluginError> {
-        let has_context = lock(&self.contexts).contains_key(&agent.id);
-        let consolidated = has_context.then(|| {
+        self.host.set_agent_status(&agent.id, AgentStatus::Sleeping)?;
+        let context = lock(&self.contexts).get(&agent.id).cloned();
+        let consolidated = context.filter(|c| !lock(c).is_empty()).map(|_| {
             let outcome = self.consolidate_stored(&agent.id, Vec::new(), self.default_budget());
             json!({"kept": outcome.kept.len(), "merged": outcome.merged.len(), "dropped": outcome.dropped.len()})
         });
-        self.host.set_agent_status(&agent.id, AgentStatus::Sleeping)?;
         let mut answer = json!({"agent_id": agent.id, "status": "sleeping", "previous": agent.status});
         if let Some(c) = consolidated {
             answer["consolidated"] = c;
@@ -262,14 +270,27 @@ impl State {
     /// visiting only those (see the `idle` module).
     fn sweep_agents(&self) -> Value {
         let now = self.now();
-        let candidates = lock(&self.activity).idle_since(now.saturating_sub(self.config.idle_sleep_ms));
+        let cutoff = now.saturating_sub(self.config.idle_sleep_ms);
+        let candidates = lock(&self.activity).idle_since(cutoff);
         let mut slept = Vec::new();
         for id in &candidates {
             match self.host.agent(id) {
                 Some(info) if info.status == AgentStatus::Active && info.load == 0 => {
-                    if self.put_to_sleep(&info).is_ok() {
-                        lock(&self.activity).remove(id);
+                    let stamp = lock(&self.activity).last(id);
+                    if stamp.is_none_or(|t| t > cutoff) {
+                        continue; // work arrived since the candidates were listed
+                    }
+                    if self.put_to_sleep(&info).is_err() {
+                        continue;
+                    }
+                    let mut activity = lock(&self.activity);
+                    if activity.last(id) == stamp {
+                        activity.remove(id);
                         slept.push(info.id);
+                    } else {
+                        // Work arrived while it was going to sleep: it stays awake.
+                        drop(activity);
+                        let _ = self.host.set_agent_status(id, AgentStatus::Active);
                     }
                 }
                 // Running tasks is work.
@@ -297,8 +318,8 @@ impl State {
 
     fn sleep_wake_cycles(&self, data: &Value) -> Result<Value, PluginError> {
         const EXPECTED: &str =
-            "{\"op\": \"sweep\"} or {\"op\": \"sleep\" | \"wake\" | \"activity\" | \"status\", \"agent_id\"}";
-        match op(data, "sweep", EXPECTED)? {
+            "{\"op\": \"sleep\" | \"wake\" | \"activity\" | \"status\", \"agent_id\"} or {\"op\": \"sweep\"}";
+        match op(data, "sleep", EXPECTED)? {
             "sweep" => Ok(self.sweep_agents()),
             "sleep" => {
                 let agent = self.registered(string_field(data, "agent_id", EXPECTED)?)?;
@@ -329,6 +350,13 @@ impl State {
         let now = self.now();
         match data.get("entries") {
             None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) if items.len() > self.config.max_stored_entries => {
+                Err(PluginError::invalid_request(format!(
+                    "{} entries in one request, over max_stored_entries ({}): send them in parts",
+                    items.len(),
+                    self.config.max_stored_entries
+                )))
+            }
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|item| {
@@ -356,12 +384,23 @@ impl State {
         const EXPECTED: &str = "{\"op\": \"consolidate\", \"agent_id\", \"entries\"?: [{\"text\", \"importance\"?, \"timestamp\"?}], \"budget\"?: {\"entries\"?, \"tokens\"?}} or {\"op\": \"append\" | \"get\" | \"clear\", \"agent_id\"}";
         let op = op(data, "consolidate", EXPECTED)?;
         let agent_id = string_field(data, "agent_id", EXPECTED)?;
+        if op != "get" && op != "clear" {
+            self.registered(agent_id)?;
+        }
         match op {
             "consolidate" => {
                 let entries = self.entries(data, EXPECTED)?;
                 let mut budget = self.default_budget();
                 match data.get("budget") {
                     None | Some(Value::Null) => {}
+                    Some(Value::Number(n)) => {
+                        let n = n.as_u64().ok_or_else(|| {
+                            PluginError::invalid_request(format!(
+                                "`budget` must be a positive integer (entries) or an object; expected {EXPECTED}"
+                            ))
+                        })?;
+                        budget.entries = usize::try_from(n).unwrap_or(usize::MAX);
+                    }
                     Some(b @ Value::Object(_)) => {
                         if let Some(n) = u64_field(b, "entries", EXPECTED)? {
                             budget.entries = usize::try_from(n).unwrap_or(usize::MAX);
@@ -375,6 +414,11 @@ impl State {
                             "`budget` must be an object; expected {EXPECTED}"
                         )));
                     }
+                }
+                if budget.entries == 0 || budget.tokens == Some(0) {
+                    return Err(PluginError::invalid_request(
+                        "a budget of 0 would drop the whole context: give at least 1 entry and 1 token (`clear` empties it)",
+                    ));
                 }
                 if !entries.is_empty() {
                     self.record_activity(agent_id);
@@ -393,8 +437,8 @@ impl State {
                 }
                 self.record_activity(agent_id);
                 let stored = {
-                    let mut contexts = lock(&self.contexts);
-                    let stored = contexts.entry(agent_id.to_owned()).or_default();
+                    let context = self.context(agent_id);
+                    let mut stored = lock(&context);
                     stored.extend(entries);
                     stored.len()
                 };
@@ -408,10 +452,10 @@ impl State {
                 Ok(json!({"agent_id": agent_id, "entries": stored}))
             }
             "get" => Ok(
-                json!({"agent_id": agent_id, "entries": lock(&self.contexts).get(agent_id).cloned().unwrap_or_default()}),
+                json!({"agent_id": agent_id, "entries": lock(&self.contexts).get(agent_id).map(|c| lock(c).clone()).unwrap_or_default()}),
             ),
             "clear" => {
-                let removed = lock(&self.contexts).remove(agent_id).map_or(0, |e| e.len());
+                let removed = lock(&self.contexts).remove(agent_id).map_or(0, |c| lock(&c).len());
                 Ok(json!({"agent_id": agent_id, "cleared": removed}))
             }
             other => Err(unknown_op(other, EXPECTED)),
@@ -508,8 +552,9 @@ impl State {
             }
             "end" => {
                 let id = string_field(data, "session_id", EXPECTED)?;
-                self.sessions.end(host, id, now).await?;
-                Ok(json!({"session_id": id, "ended": true}))
+                let mut answer = to_json(self.sessions.end(host, id, now).await?);
+                answer["ended"] = json!(true);
+                Ok(answer)
             }
             "sweep" => Ok(json!({"removed": self.sessions.sweep(host, now).await?})),
             other => Err(unknown_op(other, EXPECTED)),
@@ -646,9 +691,10 @@ impl OrchestrationPlugin for ContextManagementPlugin {
                 lock(&state.activity).remove(agent_id);
                 lock(&state.contexts).remove(agent_id);
             }
+            // Woken for a task (the host wakes a sleeping agent when a task starts) or working.
             OrchestratorEvent::AgentStatusChanged {
                 agent_id,
-                to: AgentStatus::Busy,
+                to: AgentStatus::Busy | AgentStatus::Active,
                 ..
             } => state.record_activity(agent_id),
             _ => {}

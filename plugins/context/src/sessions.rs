@@ -8,7 +8,12 @@
 //! setting keys of one session at once both land; an ended or swept session is overwritten with
 //! a tombstone (`atomic_updates` has no delete), and a session past its expiry is refused by
 //! every reader whether or not a sweep has run. A sweep removes the expired sessions this process
-//! knows of (created or read here).
+//! knows of (created, read or changed here).
+//!
+//! Known limit: on the shared store every session leaves a key behind (live, or a tombstone),
+//! because `atomic_updates` has neither delete nor expiry, and `max_sessions` bounds only the
+//! memory store. Sessions of a process that died are refused once expired but never tombstoned
+//! unless another process read them. A delete (or a TTL) op on `atomic_updates` would close this.
 
 use plugin_api::{HostHandle, IntegrationRequest, PluginError, PluginErrorKind};
 use serde::{Deserialize, Serialize};
@@ -147,7 +152,11 @@ impl Sessions {
             Resolved::Memory => lock(&self.memory).get(session_id).cloned(),
             Resolved::Shared => {
                 let answer = Self::atomic(host, json!({"op": "get", "key": key(session_id)})).await?;
-                decode(&answer["value"])
+                let session = decode(&answer["value"]);
+                if session.is_some() {
+                    lock(&self.known).insert(session_id.to_owned());
+                }
+                session
             }
         };
         match session {
@@ -209,17 +218,35 @@ impl Sessions {
             },
             Resolved::Shared => {
                 let session = self.get(host, session_id, now_ms).await?;
-                self.tombstone(host, session_id).await?;
-                Ok(session)
+                if self
+                    .tombstone(host, session_id, |s| s.is_some_and(|s| s.expires_at > now_ms))
+                    .await?
+                {
+                    Ok(session)
+                } else {
+                    Err(not_found(session_id))
+                }
             }
         }
     }
 
-    async fn tombstone(&self, host: &HostHandle, session_id: &str) -> Result<(), PluginError> {
+    /// Overwrites a session with a tombstone, if `still` holds for what is stored when it is
+    /// written (a sweep passes "still expired", so that a session touched by another process in
+    /// between is left alone). `Ok(false)` when `still` no longer held.
+    async fn tombstone(
+        &self,
+        host: &HostHandle,
+        session_id: &str,
+        still: impl Fn(Option<&Session>) -> bool,
+    ) -> Result<bool, PluginError> {
         for _ in 0..RETRIES {
             let current = Self::atomic(host, json!({"op": "get", "key": key(session_id)})).await?;
             if current["value"].get("ended").is_some() {
-                break;
+                lock(&self.known).remove(session_id);
+                return Ok(true);
+            }
+            if !still(decode(&current["value"]).as_ref()) {
+                return Ok(false);
             }
             let answer = Self::atomic(
                 host,
@@ -227,11 +254,13 @@ impl Sessions {
             )
             .await?;
             if answer["applied"] == json!(true) {
-                break;
+                lock(&self.known).remove(session_id);
+                return Ok(true);
             }
         }
-        lock(&self.known).remove(session_id);
-        Ok(())
+        Err(PluginError::unavailable(format!(
+            "session `{session_id}` changed under {RETRIES} attempts to end it; try again"
+        )))
     }
 
     /// Removes the sessions past `now_ms`; returns their ids.
@@ -252,8 +281,12 @@ impl Sessions {
                     match decode(&current["value"]) {
                         Some(s) if s.expires_at > now_ms => {}
                         _ => {
-                            self.tombstone(host, &id).await?;
-                            removed.push(id);
+                            if self
+                                .tombstone(host, &id, |s| s.is_none_or(|s| s.expires_at <= now_ms))
+                                .await?
+                            {
+                                removed.push(id);
+                            }
                         }
                     }
                 }

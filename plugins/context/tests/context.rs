@@ -94,21 +94,50 @@ async fn idle_agents_sleep_and_work_wakes_them() {
 
     // A busy agent is working: that counts as activity.
     clock.advance(Duration::from_secs(59));
+    let mut events = orch.subscribe_events();
     orch.set_agent_status(&AgentId::from("a"), AgentStatus::Busy)
         .expect("sets");
-    orch.set_agent_status(&AgentId::from("a"), AgentStatus::Active)
-        .expect("sets");
-    for _ in 0..200 {
-        clock.advance(Duration::from_millis(10));
-        let a = call(&orch, "sleep_wake_cycles", json!({"op": "status", "agent_id": "a"})).await;
-        if a["idle_ms"].as_u64().is_some_and(|idle| idle < 59_000) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    heard_status_change(&mut events, "a", AgentStatus::Busy).await;
     clock.advance(Duration::from_secs(2));
     let swept = call(&orch, "sleep_wake_cycles", json!({"op": "sweep"})).await;
     assert_eq!(swept["slept"], json!([]), "{swept}");
+}
+
+/// Waits (5 s at most) until subscribers, and so the plugins before them, have heard `agent`
+/// change to `to`.
+async fn heard_status_change(
+    events: &mut tokio::sync::broadcast::Receiver<plugin_api::OrchestratorEvent>,
+    agent: &str,
+    to: AgentStatus,
+) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("the status change is delivered")
+            .expect("event");
+        if let plugin_api::OrchestratorEvent::AgentStatusChanged { agent_id, to: t, .. } = &event {
+            if agent_id == agent && *t == to {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_task_for_a_sleeping_agent_wakes_it_and_counts_as_work() {
+    let clock = ManualClock::new();
+    let orch = orchestrator(&clock, json!({"idle_sleep_ms": 60_000, "sweep_interval_ms": 0})).await;
+    call(&orch, "sleep_wake_cycles", json!({"agent_id": "a"})).await; // `sleep` is the default op
+    assert_eq!(status(&orch, "a"), Some(AgentStatus::Sleeping));
+    clock.advance(Duration::from_secs(120));
+    let mut events = orch.subscribe_events();
+    orch.execute_agent_task(&AgentId::from("a"), json!({"job": 1}))
+        .await
+        .expect("runs");
+    heard_status_change(&mut events, "a", AgentStatus::Active).await;
+    clock.advance(Duration::from_secs(30));
+    let swept = call(&orch, "sleep_wake_cycles", json!({"op": "sweep"})).await;
+    assert_eq!(swept["slept"], json!(["b"]), "a worked 30 s ago: {swept}");
 }
 
 #[tokio::test]
@@ -249,7 +278,11 @@ async fn sessions_are_readable_until_they_expire() {
     call(&orch, "session_management", json!({"op": "touch", "session_id": id})).await;
     clock.advance(Duration::from_secs(8));
     call(&orch, "session_management", json!({"op": "get", "session_id": id})).await;
-    call(&orch, "session_management", json!({"op": "end", "session_id": id})).await;
+    let ended = call(&orch, "session_management", json!({"op": "end", "session_id": id})).await;
+    assert_eq!(
+        (ended["ended"].clone(), ended["agent_id"].clone()),
+        (json!(true), json!("b"))
+    );
     refused(&orch, "session_management", json!({"op": "get", "session_id": id})).await;
 }
 
@@ -308,7 +341,16 @@ async fn garbage_is_refused_on_every_capability() {
             "context_consolidation",
             json!({"agent_id": "a", "entries": [{"text": "x", "importance": 7}]}),
         ),
-        ("context_consolidation", json!({"agent_id": "a", "budget": 3})),
+        ("context_consolidation", json!({"agent_id": "a", "budget": "three"})),
+        ("context_consolidation", json!({"agent_id": "a", "budget": 0})),
+        (
+            "context_consolidation",
+            json!({"agent_id": "a", "budget": {"tokens": 0}}),
+        ),
+        (
+            "context_consolidation",
+            json!({"agent_id": "nobody", "entries": [{"text": "x"}]}),
+        ),
         (
             "context_consolidation",
             json!({"agent_id": "a", "budget": {"entries": -1}}),
