@@ -202,8 +202,7 @@ pub(crate) fn consolidate(entries: Vec<Entry>, budget: Budget, policy: &Policy) 
             let mut groups_seen: Vec<usize> = Vec::new();
             for &i in members {
                 let mut joined = false;
-                for g in 0..groups_seen.len() {
-                    let j = groups_seen[g];
+                for &j in &groups_seen {
                     if find(&mut parent, i) == find(&mut parent, j) {
                         joined = true;
                         break;
