@@ -9,7 +9,7 @@ use crate::ewma::{PeakEwma, tau_ns};
 use crate::rng::SplitMix64;
 use plugin_api::{AgentInfo, AgentLoad, AgentStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -31,6 +31,11 @@ pub const DEFAULT_BASE_BACKOFF_MS: u64 = 1_000;
 pub const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
 /// Default age after which the plugin re-reads the host's loads, in milliseconds.
 pub const DEFAULT_LOAD_REFRESH_MS: u64 = 10;
+/// The largest latency accepted, in milliseconds: one day. Anything bigger is no round trip a
+/// balancer can learn from (and `1e303` ms is infinite in nanoseconds, then NaN once decayed).
+pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
+/// The longest half-life accepted for the latency estimate, in milliseconds: one day.
+pub const MAX_HALF_LIFE_MS: u64 = 86_400_000;
 /// How many capacity snapshots are kept for `history`.
 pub const HISTORY_LEN: usize = 1_000;
 /// How many settled (admitted, refused, expired, cancelled) tickets are remembered for `ticket`.
@@ -99,9 +104,11 @@ impl fmt::Display for Strategy {
 pub struct BalancerConfig {
     /// The strategy of a pick that names none (default `p2c_peak_ewma`).
     pub default_strategy: Strategy,
-    /// Half-life of the latency estimate, in milliseconds (default 10,000; at least 1).
+    /// Half-life of the latency estimate, in milliseconds (default 10,000; from 1 to
+    /// 86,400,000, one day).
     pub half_life_ms: u64,
-    /// Latency assumed for an agent never observed, in milliseconds (default 30).
+    /// Latency assumed for an agent never observed, in milliseconds (default 30; from 0 to
+    /// 86,400,000, one day).
     pub default_rtt_ms: f64,
     /// Seed of the P2C generator: the same seed and the same calls give the same picks
     /// (default: from the clock).
@@ -125,8 +132,11 @@ pub struct BalancerConfig {
     /// Cap on the backoff, in milliseconds (default 60,000; at least `base_backoff_ms`).
     pub max_backoff_ms: u64,
     /// How old the host's figures (loads, statuses, capacities, the fleet itself) may be
-    /// before the plugin reads them again, in milliseconds (default 10; 0: on every call).
-    /// Used by the plugin; the core is given loads explicitly.
+    /// before the plugin reads them again, in milliseconds (default 10; 0: on every call). The
+    /// plugin never re-reads more often than every 10 x the duration of its last re-read, so
+    /// that a big fleet is not scanned under the lock all the time: the interval in force is
+    /// `max(load_refresh_ms, 10 x last re-read)`. Used by the plugin; the core is given loads
+    /// explicitly.
     pub load_refresh_ms: u64,
 }
 
@@ -152,12 +162,15 @@ impl Default for BalancerConfig {
 impl BalancerConfig {
     /// Checks every value; the error names the key and says what is allowed.
     pub fn validate(&self) -> Result<(), String> {
-        if self.half_life_ms == 0 {
-            return Err("`half_life_ms` must be at least 1 (milliseconds; default 10000)".into());
-        }
-        if !self.default_rtt_ms.is_finite() || self.default_rtt_ms < 0.0 {
+        if !(1..=MAX_HALF_LIFE_MS).contains(&self.half_life_ms) {
             return Err(format!(
-                "`default_rtt_ms` must be a non-negative number of milliseconds, not {}",
+                "`half_life_ms` must be from 1 to {MAX_HALF_LIFE_MS} (milliseconds, one day at most; default 10000), not {}",
+                self.half_life_ms
+            ));
+        }
+        if !self.default_rtt_ms.is_finite() || !(0.0..=MAX_LATENCY_MS).contains(&self.default_rtt_ms) {
+            return Err(format!(
+                "`default_rtt_ms` must be a non-negative number of milliseconds, at most {MAX_LATENCY_MS} (one day), not {}",
                 self.default_rtt_ms
             ));
         }
@@ -426,6 +439,12 @@ pub(crate) struct Slot {
     pub(crate) capacity_override: Option<u32>,
     pub(crate) host_load: u32,
     pub(crate) pending: u32,
+    /// Whether `host_capacity` came from the host (an agent known only from its registration
+    /// event has capacity 1 until the next fill).
+    capacity_known: bool,
+    /// Whether `own_weight` was read from the agent's metadata (not for an agent known only
+    /// from its registration event, or from a fleet snapshot).
+    weight_known: bool,
     /// The agent's own weight (metadata), if valid.
     own_weight: Option<f64>,
     /// The weight in use: own, else configured, else 1.
@@ -452,8 +471,9 @@ impl Slot {
         f64::from(self.load()) / f64::from(self.capacity())
     }
 
+    /// Whether admission may take a slot on it: its capacity is known and above its load.
     pub(crate) fn has_room(&self) -> bool {
-        self.load() < self.capacity()
+        self.capacity_known && self.load() < self.capacity()
     }
 
     pub(crate) fn view(&self) -> LoadView {
@@ -511,6 +531,15 @@ pub struct Balancer {
     /// Deregistered agents and when, so that a host snapshot taken before does not bring them back.
     departed: HashMap<Arc<str>, u64>,
     sync_generation: u64,
+    /// When the last fleet snapshot applied was taken: an older one is ignored.
+    last_sync_ns: Option<u64>,
+    /// Agents added with [`register`](Balancer::register) whose capacity is not known yet (may
+    /// hold ids filled or removed since).
+    unfilled: Vec<Arc<str>>,
+    /// Agents whose circuit is not closed.
+    open: BTreeSet<Arc<str>>,
+    /// Agents whose own weight was never read.
+    unweighted_count: usize,
     notices: VecDeque<Notice>,
     pub(crate) admission: crate::capacity::Admissions,
 }
@@ -540,6 +569,10 @@ impl Balancer {
             rr_cursor: 0,
             departed: HashMap::new(),
             sync_generation: 0,
+            last_sync_ns: None,
+            unfilled: Vec::new(),
+            open: BTreeSet::new(),
+            unweighted_count: 0,
             notices: VecDeque::new(),
             admission: crate::capacity::Admissions::default(),
             config,
@@ -581,23 +614,97 @@ impl Balancer {
         self.departed.remove(&spec.id);
         let (i, inserted) = match self.index.get(&spec.id) {
             Some(&i) => {
-                let slot = &mut self.agents[i];
-                slot.status = spec.status;
-                slot.host_capacity = spec.capacity;
-                slot.host_load = spec.load;
-                if own_weight.is_some() {
-                    slot.own_weight = own_weight;
-                }
-                slot.weight = weight_of(&self.config, &slot.id, slot.own_weight);
+                self.apply_spec(i, &spec, own_weight);
                 (i, false)
             }
-            None => (
-                self.insert(spec.id, spec.status, spec.capacity, spec.load, own_weight, now_ns),
-                true,
-            ),
+            None => {
+                let i = self.insert(spec.id, spec.status, spec.capacity, spec.load, own_weight, now_ns);
+                self.weight_learnt(i);
+                (i, true)
+            }
         };
         self.serve_agent(i, now_ns);
         inserted
+    }
+
+    fn apply_spec(&mut self, i: usize, spec: &AgentSpec, own_weight: Option<f64>) {
+        let slot = &mut self.agents[i];
+        slot.status = spec.status;
+        slot.host_capacity = spec.capacity;
+        slot.host_load = spec.load;
+        slot.capacity_known = true;
+        if own_weight.is_some() || !slot.weight_known {
+            slot.own_weight = own_weight;
+        }
+        slot.weight = weight_of(&self.config, &slot.id, slot.own_weight);
+        self.weight_learnt(i);
+    }
+
+    /// Agent `i`'s own weight is known from now on.
+    fn weight_learnt(&mut self, i: usize) {
+        let slot = &mut self.agents[i];
+        if !slot.weight_known {
+            slot.weight_known = true;
+            self.unweighted_count -= 1;
+        }
+    }
+
+    /// Adds an agent known only by its id (from a registration event, without asking the host
+    /// for its details): `status`, no load, capacity 1 until its figures are filled (by
+    /// [`fill`](Self::fill), [`upsert_agent`](Self::upsert_agent) or a [`sync`](Self::sync)),
+    /// weight unknown until set (see [`unweighted`](Self::unweighted)). An agent already
+    /// known is left as it is. Returns whether it was new. O(1).
+    pub fn register(&mut self, id: &str, status: AgentStatus, now_ns: u64) -> bool {
+        if self.index.contains_key(id) {
+            return false;
+        }
+        let id: Arc<str> = Arc::from(id);
+        self.departed.remove(&id);
+        let i = self.insert(Arc::clone(&id), status, 1, 0, None, now_ns);
+        self.agents[i].capacity_known = false;
+        self.unfilled.push(id);
+        true
+    }
+
+    /// Updates an agent the balancer knows with the host's figures (status, capacity, load,
+    /// weight); an agent it does not know (it left in the meantime) is not added back. Returns
+    /// whether it was known. Queued tickets it can take are admitted.
+    pub fn fill(&mut self, spec: &AgentSpec, now_ns: u64) -> bool {
+        let Some(&i) = self.index.get(&spec.id) else {
+            return false;
+        };
+        let own_weight = spec.weight.filter(|w| valid_weight(*w));
+        self.apply_spec(i, spec, own_weight);
+        self.serve_agent(i, now_ns);
+        true
+    }
+
+    /// Agents added with [`register`](Self::register) whose capacity is still unknown; the list
+    /// is emptied (an agent filled or removed since is left out).
+    pub fn take_unfilled(&mut self) -> Vec<Arc<str>> {
+        let mut ids = std::mem::take(&mut self.unfilled);
+        ids.retain(|id| self.index.get(id).is_some_and(|&i| !self.agents[i].capacity_known));
+        ids
+    }
+
+    /// Whether some agent's capacity is not known yet (see [`register`](Self::register)).
+    pub fn has_unfilled(&self) -> bool {
+        !self.unfilled.is_empty()
+    }
+
+    /// The eligible candidates (`None`: every known agent) whose own weight was never read
+    /// (agents known from a registration event or a fleet snapshot): a weighted round robin
+    /// over them should learn their weights first ([`set_weight`](Self::set_weight)).
+    pub fn unweighted(&self, candidates: Option<&[&str]>, now_ns: u64) -> Vec<Arc<str>> {
+        if self.unweighted_count == 0 {
+            return Vec::new();
+        }
+        let pool = candidates.map_or(Pool::All, Pool::Listed);
+        self.eligible_in(pool, now_ns)
+            .into_iter()
+            .filter(|&i| !self.agents[i].weight_known)
+            .map(|i| Arc::clone(&self.agents[i].id))
+            .collect()
     }
 
     fn insert(
@@ -618,6 +725,8 @@ impl Balancer {
             capacity_override: None,
             host_load: load,
             pending: 0,
+            capacity_known: true,
+            weight_known: false,
             own_weight,
             wrr_current: 0.0,
             ewma: PeakEwma::default(),
@@ -626,6 +735,7 @@ impl Balancer {
             seen: self.sync_generation,
         });
         self.index.insert(id, i);
+        self.unweighted_count += 1;
         i
     }
 
@@ -649,6 +759,12 @@ impl Balancer {
     fn remove_at(&mut self, i: usize) {
         let slot = self.agents.swap_remove(i);
         self.index.remove(&slot.id);
+        if !slot.weight_known {
+            self.unweighted_count -= 1;
+        }
+        if !slot.circuit.is_closed() {
+            self.open.remove(&slot.id);
+        }
         if let Some(moved) = self.agents.get(i) {
             self.index.insert(Arc::clone(&moved.id), i);
         }
@@ -666,11 +782,17 @@ impl Balancer {
 
     /// Brings the table in line with a snapshot of the host's fleet taken at `taken_ns`:
     /// statuses, capacities and loads are updated, agents the balancer did not know are added
-    /// (returned, so that the caller can look up their weights), and agents missing from the
-    /// snapshot are forgotten, unless they were added after it was taken. An agent removed
-    /// after the snapshot was taken is not brought back. Queued tickets that now fit are
-    /// admitted.
+    /// (returned; their weights are unknown until set, see [`unweighted`](Self::unweighted)),
+    /// and agents missing from the snapshot are forgotten, unless they were added after it was
+    /// taken. An agent removed after the snapshot was taken is not brought back. A snapshot
+    /// taken before the last one applied is ignored (snapshots are read outside any lock and
+    /// may arrive out of order: an older one would bring back agents that left since); it
+    /// returns nothing. Queued tickets that now fit are admitted.
     pub fn sync(&mut self, fleet: &[AgentLoad], taken_ns: u64) -> Vec<Arc<str>> {
+        if self.last_sync_ns.is_some_and(|last| taken_ns < last) {
+            return Vec::new();
+        }
+        self.last_sync_ns = Some(taken_ns);
         self.sync_generation += 1;
         let generation = self.sync_generation;
         let mut added = Vec::new();
@@ -684,6 +806,7 @@ impl Balancer {
                     slot.status = agent.status;
                     slot.host_capacity = agent.capacity;
                     slot.host_load = agent.load;
+                    slot.capacity_known = true;
                     slot.seen = generation;
                 }
                 None => {
@@ -710,8 +833,17 @@ impl Balancer {
             }
         }
         self.departed.retain(|_, at| *at >= taken_ns);
+        if !self.unfilled.is_empty() {
+            let unfilled = self.take_unfilled();
+            self.unfilled = unfilled;
+        }
         self.serve_all(taken_ns);
         added
+    }
+
+    /// When the last fleet snapshot applied by [`sync`](Self::sync) was taken.
+    pub fn last_sync_ns(&self) -> Option<u64> {
+        self.last_sync_ns
     }
 
     /// Sets an agent's own weight (for weighted round robin), e.g. from its metadata.
@@ -720,6 +852,7 @@ impl Balancer {
         let slot = &mut self.agents[i];
         slot.own_weight = weight.filter(|w| valid_weight(*w));
         slot.weight = weight_of(&self.config, &slot.id, slot.own_weight);
+        self.weight_learnt(i);
         Ok(())
     }
 
@@ -800,7 +933,9 @@ impl Balancer {
     /// Candidates must be active or sleeping and their circuit must admit them (a half-open
     /// circuit admits one probe); unknown ids are skipped. With `acquire`, the pick takes a
     /// slot on the agent (as [`start`](Self::start) does), to be given back with
-    /// [`finish`](Self::finish) or [`release`](Self::release).
+    /// [`finish`](Self::finish) or [`release`](Self::release). An id listed twice gets two
+    /// chances in P2C draws and round-robin turns: pass distinct ids (the plugin drops
+    /// duplicates from `available_agents`).
     pub fn pick(
         &mut self,
         strategy: Strategy,
@@ -978,6 +1113,8 @@ impl Balancer {
                 "agent `{id}` has no call pending here: `finish` gives back what `start`, a pick with `acquire` or `admit` took (use `observe` for calls made elsewhere)"
             )));
         }
+        // A refused latency gives nothing back.
+        check_latency(latency_ms)?;
         self.agents[i].pending -= 1;
         self.record(i, latency_ms, success, now_ns)
     }
@@ -990,11 +1127,7 @@ impl Balancer {
     }
 
     fn record(&mut self, i: usize, latency_ms: f64, success: bool, now_ns: u64) -> Result<Outcome, BalanceError> {
-        if !latency_ms.is_finite() || latency_ms < 0.0 {
-            return Err(BalanceError::Invalid(format!(
-                "`latency_ms` must be a non-negative number, not {latency_ms}"
-            )));
-        }
+        check_latency(latency_ms)?;
         let tau = self.tau_ns;
         self.agents[i].ewma.observe(latency_ms * NS_PER_MS, now_ns, tau);
         self.record_outcome(i, success, now_ns);
@@ -1015,14 +1148,20 @@ impl Balancer {
         let slot = &mut self.agents[i];
         let notice = match slot.circuit.record(success, now_ns, &policy) {
             Transition::None => None,
-            Transition::Opened { backoff_ns } => Some(Notice::CircuitOpened {
-                agent_id: Arc::clone(&slot.id),
-                backoff_ms: backoff_ns as f64 / NS_PER_MS,
-                times_opened: slot.circuit.times_opened,
-            }),
-            Transition::Closed => Some(Notice::CircuitClosed {
-                agent_id: Arc::clone(&slot.id),
-            }),
+            Transition::Opened { backoff_ns } => {
+                self.open.insert(Arc::clone(&slot.id));
+                Some(Notice::CircuitOpened {
+                    agent_id: Arc::clone(&slot.id),
+                    backoff_ms: backoff_ns as f64 / NS_PER_MS,
+                    times_opened: slot.circuit.times_opened,
+                })
+            }
+            Transition::Closed => {
+                self.open.remove(&slot.id);
+                Some(Notice::CircuitClosed {
+                    agent_id: Arc::clone(&slot.id),
+                })
+            }
         };
         if let Some(notice) = notice {
             self.notify(notice);
@@ -1067,12 +1206,21 @@ impl Balancer {
 
     /// Every circuit that is not closed, by agent id.
     pub fn circuits(&self, now_ns: u64) -> Vec<CircuitView> {
-        let mut open: Vec<CircuitView> = (0..self.agents.len())
-            .filter(|&i| !self.agents[i].circuit.is_closed())
-            .map(|i| self.circuit_view(i, now_ns))
-            .collect();
-        open.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        open
+        self.open
+            .iter()
+            .filter_map(|id| self.index.get(id))
+            .map(|&i| self.circuit_view(i, now_ns))
+            .collect()
+    }
+
+    /// The agents whose circuit is not closed (open or half-open), by id.
+    pub fn open_circuits(&self) -> Vec<Arc<str>> {
+        self.open.iter().cloned().collect()
+    }
+
+    /// How many circuits are not closed.
+    pub fn open_circuit_count(&self) -> usize {
+        self.open.len()
     }
 
     /// An agent's load figures.
@@ -1116,6 +1264,17 @@ impl Balancer {
     }
 }
 
+/// A latency the estimate can learn from: finite, from 0 to [`MAX_LATENCY_MS`].
+fn check_latency(latency_ms: f64) -> Result<(), BalanceError> {
+    if latency_ms.is_finite() && (0.0..=MAX_LATENCY_MS).contains(&latency_ms) {
+        Ok(())
+    } else {
+        Err(BalanceError::Invalid(format!(
+            "`latency_ms` must be a non-negative number of milliseconds, at most {MAX_LATENCY_MS} (one day), not {latency_ms}"
+        )))
+    }
+}
+
 fn weight_of(config: &BalancerConfig, id: &str, own: Option<f64>) -> f64 {
     own.or_else(|| config.weights.get(id).copied()).unwrap_or(1.0)
 }
@@ -1123,6 +1282,7 @@ fn weight_of(config: &BalancerConfig, id: &str, own: Option<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capacity::{Admission, AdmitTarget};
 
     const MS: u64 = 1_000_000;
 
@@ -1401,6 +1561,168 @@ mod tests {
         lb.sync(&fleet(&[("a", 0), ("c", 0)]), 15);
         assert!(lb.contains("d") && !lb.contains("c"));
         assert_eq!(lb.load("a").expect("kept").load, 1, "own pending 1 > host 0");
+    }
+
+    #[test]
+    fn an_older_fleet_snapshot_is_ignored() {
+        let mut lb = with_agents(&["a"], 1);
+        let snapshot = |ids: &[(&str, u32)]| -> Vec<AgentLoad> {
+            ids.iter()
+                .map(|(id, load)| AgentLoad {
+                    id: Arc::from(*id),
+                    status: AgentStatus::Active,
+                    load: *load,
+                    capacity: 4,
+                })
+                .collect()
+        };
+        // Taken at 10 (b still there), applied after one taken at 30 (b gone, its event
+        // handled at 20, and its departure forgotten once the newer snapshot is applied).
+        let old = snapshot(&[("a", 3), ("b", 0)]);
+        lb.upsert_agent(AgentSpec::new("b"), 5);
+        lb.remove_agent("b", 20);
+        lb.sync(&snapshot(&[("a", 1)]), 30);
+        assert_eq!(lb.last_sync_ns(), Some(30));
+        assert!(lb.sync(&old, 10).is_empty(), "nothing added from the older snapshot");
+        assert!(!lb.contains("b"), "the departed agent is not brought back");
+        assert_eq!(
+            lb.load("a").expect("kept").host_load,
+            1,
+            "the older load is not applied"
+        );
+        assert_eq!(lb.last_sync_ns(), Some(30));
+        // A snapshot taken at the same time as the last one still applies (a stopped clock).
+        lb.sync(&snapshot(&[("a", 2)]), 30);
+        assert_eq!(lb.load("a").expect("kept").host_load, 2);
+    }
+
+    #[test]
+    fn an_absurd_latency_cannot_poison_p2c_with_nan() {
+        let mut lb = with_agents(&["a", "b"], 4);
+        lb.observe("a", 10.0, true, 0).expect("known");
+        lb.observe("b", 20.0, true, 0).expect("known");
+        for latency in [1e303, f64::INFINITY, f64::NAN, MAX_LATENCY_MS + 1.0, -1.0] {
+            let err = lb.observe("b", latency, true, MS).unwrap_err();
+            assert!(err.is_invalid(), "{latency}: {err}");
+            assert!(lb.start("b", MS).is_ok());
+            assert!(lb.finish("b", latency, true, MS).is_err(), "{latency}");
+            lb.release("b", MS).expect("held");
+        }
+        // One day is accepted and stays finite however it decays.
+        lb.observe("b", MAX_LATENCY_MS, true, MS).expect("one day is a latency");
+        for t in [MS, 10_000 * MS, u64::MAX / 2] {
+            let cost = lb.cost("b", t).expect("known");
+            assert!(cost.is_finite() && cost >= 0.0, "{cost} at {t}");
+        }
+        // b is a day slow: it loses every comparison instead of winning them all.
+        let counts = count(&mut lb, Strategy::P2cPeakEwma, 200, 2 * MS);
+        assert_eq!(counts.get("b"), None, "{counts:?}");
+    }
+
+    #[test]
+    fn a_late_outcome_after_the_backoff_does_not_settle_a_half_open_circuit() {
+        let mut lb = balancer(BalancerConfig {
+            failure_threshold: 1,
+            base_backoff_ms: 100,
+            ..BalancerConfig::default()
+        });
+        lb.upsert_agent(AgentSpec::new("a").with_capacity(4), 0);
+        lb.upsert_agent(AgentSpec::new("b").with_capacity(4), 0);
+        // A call starts on a, then a fails elsewhere and its circuit opens.
+        lb.start("a", 0).expect("known");
+        lb.report("a", false, MS).expect("known");
+        let _ = lb.take_notices();
+        // After the backoff, with no probe out: the late answer of the call started before the
+        // circuit opened, an observation and a report change nothing.
+        let late = lb.finish("a", 5.0, true, 200 * MS).expect("pending");
+        assert_eq!(late.circuit, CircuitState::HalfOpen);
+        lb.observe("a", 5.0, false, 201 * MS).expect("known");
+        let view = lb.report("a", true, 202 * MS).expect("known");
+        assert_eq!((view.state, view.times_opened), (CircuitState::HalfOpen, 1));
+        assert!(lb.take_notices().is_empty(), "no circuit closed or reopened");
+        assert_eq!(lb.open_circuits(), [Arc::from("a")]);
+        // The probe goes out; its outcome settles it.
+        let probe = lb
+            .pick(Strategy::RoundRobin, Some(&["a"]), true, 203 * MS)
+            .expect("picks");
+        assert!(probe.probe);
+        let outcome = lb.finish("a", 5.0, true, 204 * MS).expect("pending");
+        assert_eq!(outcome.circuit, CircuitState::Closed);
+        assert!(lb.open_circuits().is_empty());
+    }
+
+    #[test]
+    fn registered_agents_have_no_room_until_filled_and_weights_are_learnt_lazily() {
+        let mut lb = balancer(BalancerConfig::default());
+        assert!(lb.register("a", AgentStatus::Active, 0));
+        assert!(!lb.register("a", AgentStatus::Active, 0), "already known");
+        assert!(lb.has_unfilled());
+        // P2C may pick it at once; admission waits for its capacity.
+        assert_eq!(
+            &*lb.pick(Strategy::P2cPeakEwma, None, false, 0).expect("picks").agent_id,
+            "a"
+        );
+        assert!(matches!(
+            lb.admit(AdmitTarget::Any, false, 0),
+            Ok(Admission::Refused { .. })
+        ));
+        assert_eq!(lb.unweighted(None, 0), [Arc::from("a")]);
+        assert_eq!(lb.take_unfilled(), [Arc::from("a")]);
+        assert!(!lb.has_unfilled());
+        assert!(lb.fill(&AgentSpec::new("a").with_capacity(3).with_weight(2.0), 0));
+        assert!(
+            !lb.fill(&AgentSpec::new("gone"), 0),
+            "an agent that left is not added back"
+        );
+        assert!(!lb.contains("gone"));
+        assert_eq!(lb.load("a").expect("known").capacity, 3);
+        assert!(lb.unweighted(None, 0).is_empty(), "the fill gave the weight");
+        assert!(matches!(
+            lb.admit(AdmitTarget::Any, false, 0),
+            Ok(Admission::Admitted { .. })
+        ));
+        // An agent first seen in a fleet snapshot has its capacity but not its weight.
+        let fleet = [
+            AgentLoad {
+                id: Arc::from("a"),
+                status: AgentStatus::Active,
+                load: 0,
+                capacity: 3,
+            },
+            AgentLoad {
+                id: Arc::from("s"),
+                status: AgentStatus::Active,
+                load: 0,
+                capacity: 2,
+            },
+        ];
+        lb.sync(&fleet, 1);
+        assert_eq!(lb.unweighted(None, 1), [Arc::from("s")]);
+        lb.set_weight("s", None).expect("known");
+        assert!(lb.unweighted(None, 1).is_empty());
+        assert_eq!(lb.load("a").expect("known").capacity, 3, "the sync kept a's figures");
+    }
+
+    #[test]
+    fn configuration_bounds_the_half_life_and_the_default_rtt() {
+        for value in [
+            serde_json::json!({"half_life_ms": 0}),
+            serde_json::json!({"half_life_ms": MAX_HALF_LIFE_MS + 1}),
+            serde_json::json!({"half_life_ms": u64::MAX}),
+            serde_json::json!({"default_rtt_ms": 1e303}),
+            serde_json::json!({"default_rtt_ms": MAX_LATENCY_MS + 1.0}),
+        ] {
+            let config: BalancerConfig = serde_json::from_value(value.clone()).expect("parses");
+            let err = Balancer::new(config).unwrap_err().to_string();
+            assert!(err.contains("one day"), "{value}: {err}");
+        }
+        let config: BalancerConfig = serde_json::from_value(
+            serde_json::json!({"half_life_ms": MAX_HALF_LIFE_MS, "default_rtt_ms": MAX_LATENCY_MS, "seed": 1}),
+        )
+        .expect("parses");
+        let mut lb = Balancer::new(config).expect("the bounds themselves are accepted");
+        lb.upsert_agent(AgentSpec::new("a"), 0);
+        assert_eq!(lb.cost("a", 0), Some(MAX_LATENCY_MS));
     }
 
     #[test]

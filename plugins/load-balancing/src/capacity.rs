@@ -55,12 +55,32 @@ pub enum Admission {
         position: usize,
         /// Why it could not be admitted now.
         reason: String,
+        /// The figures of the agent named, or of the least-utilised candidate.
+        #[serde(flatten)]
+        closest: Closest,
     },
     /// No room, and it was not (or could not be) queued.
     Refused {
         /// Why.
         reason: String,
+        /// The figures of the agent named, or of the least-utilised candidate.
+        #[serde(flatten)]
+        closest: Closest,
     },
+}
+
+/// Whose load and capacity a refused or queued admission reports: the agent named, else the
+/// least-utilised candidate that could take work were it not full (ties: lowest id), else the
+/// least-utilised known candidate whatever its status or circuit. All `None` when no candidate
+/// is known at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Closest {
+    /// The agent.
+    pub candidate: Option<Arc<str>>,
+    /// Its load (`max(host load, pending)`).
+    pub load: Option<u32>,
+    /// Its capacity.
+    pub capacity: Option<u32>,
 }
 
 /// Where a ticket stands.
@@ -377,8 +397,37 @@ impl Balancer {
         })
     }
 
+    /// The figures a refused or queued admission carries (see [`Closest`]).
+    fn closest(&self, target: AdmitTarget<'_>, now_ns: u64) -> Closest {
+        let found = match target {
+            AdmitTarget::Agent(id) => self.index.get(id).copied(),
+            AdmitTarget::Any | AdmitTarget::Listed(_) => {
+                let pool = match target {
+                    AdmitTarget::Listed(ids) => Pool::Listed(ids),
+                    _ => Pool::All,
+                };
+                let least =
+                    |it: &mut dyn Iterator<Item = usize>| it.reduce(|b, i| if self.less_loaded(i, b) { i } else { b });
+                least(&mut self.eligible_in(pool, now_ns).into_iter()).or_else(|| match pool {
+                    Pool::All => least(&mut (0..self.agents.len())),
+                    Pool::Listed(ids) => least(&mut ids.iter().filter_map(|id| self.index.get(*id).copied())),
+                })
+            }
+        };
+        found.map_or_else(Closest::default, |i| {
+            let slot = &self.agents[i];
+            Closest {
+                candidate: Some(Arc::clone(&slot.id)),
+                load: Some(slot.load()),
+                capacity: Some(slot.capacity()),
+            }
+        })
+    }
+
     /// Admits a unit of work onto an agent with room (see [`AdmitTarget`]), taking a slot; or,
     /// when there is none and `queue` is set, queues a ticket if the queue has room; or refuses.
+    /// A refusal or a ticket carries the load and capacity of the agent named, or of the
+    /// least-utilised candidate ([`Closest`]).
     pub fn admit(&mut self, target: AdmitTarget<'_>, queue: bool, now_ns: u64) -> Result<Admission, BalanceError> {
         self.expire(now_ns);
         let (choice, reason) = match target {
@@ -430,13 +479,15 @@ impl Balancer {
                 probe,
             });
         }
+        let closest = self.closest(target, now_ns);
         if !queue {
-            return Ok(Admission::Refused { reason });
+            return Ok(Admission::Refused { reason, closest });
         }
         let max = self.config.max_queued;
         if self.admission.queue.len() >= max {
             return Ok(Admission::Refused {
                 reason: format!("{reason}; the admission queue is full ({max} tickets)"),
+                closest,
             });
         }
         let target = match target {
@@ -455,6 +506,7 @@ impl Balancer {
             ticket,
             position: self.admission.queue.len() - 1,
             reason,
+            closest,
         })
     }
 
@@ -692,13 +744,7 @@ impl Balancer {
             }
             unplaced += excess;
         }
-        let mut open_circuits: Vec<Arc<str>> = self
-            .agents
-            .iter()
-            .filter(|s| !s.circuit.is_closed())
-            .map(|s| Arc::clone(&s.id))
-            .collect();
-        open_circuits.sort();
+        let open_circuits = self.open_circuits();
         Proposals {
             proposals,
             open_circuits,
@@ -747,11 +793,11 @@ mod tests {
             ["a", "b", "a"],
             "0/2 = 0/1 (lowest id), then 0/1 < 1/2, then 1/2 < 1/1"
         );
-        let Admission::Refused { reason } = lb.admit(AdmitTarget::Any, false, 0).expect("ok") else {
+        let Admission::Refused { reason, .. } = lb.admit(AdmitTarget::Any, false, 0).expect("ok") else {
             panic!("full");
         };
         assert!(reason.contains("2 at capacity"), "{reason}");
-        let Admission::Refused { reason } = lb.admit(AdmitTarget::Agent("b"), false, 0).expect("ok") else {
+        let Admission::Refused { reason, .. } = lb.admit(AdmitTarget::Agent("b"), false, 0).expect("ok") else {
             panic!("full");
         };
         assert!(reason.contains("at capacity (1/1)"), "{reason}");
@@ -782,7 +828,7 @@ mod tests {
             ),
             "{q2:?}"
         );
-        let Admission::Refused { reason } = lb.admit(AdmitTarget::Any, true, 0).expect("ok") else {
+        let Admission::Refused { reason, .. } = lb.admit(AdmitTarget::Any, true, 0).expect("ok") else {
             panic!("queue full");
         };
         assert!(reason.contains("queue is full (2 tickets)"), "{reason}");
@@ -813,6 +859,61 @@ mod tests {
         assert!(lb.release("b", 0).is_ok() && lb.release("b", 0).is_ok());
         assert!(lb.release("b", 0).unwrap_err().to_string().contains("holds no slot"));
         assert!(lb.set_capacity("b", Some(0), 0).is_err());
+    }
+
+    #[test]
+    fn refused_and_queued_admissions_carry_load_and_capacity() {
+        let mut lb = balancer(BalancerConfig::default());
+        lb.upsert_agent(AgentSpec::new("a").with_capacity(2).with_load(2), 0);
+        lb.upsert_agent(AgentSpec::new("b").with_capacity(4).with_load(4), 0);
+        lb.upsert_agent(
+            AgentSpec::new("c").with_capacity(1).with_status(AgentStatus::Offline),
+            0,
+        );
+        let figures = |a: &Admission| match a {
+            Admission::Refused { closest, .. } | Admission::Queued { closest, .. } => closest.clone(),
+            Admission::Admitted { .. } => panic!("admitted: {a:?}"),
+        };
+        let some = |id: &str, load: u32, capacity: u32| Closest {
+            candidate: Some(id.into()),
+            load: Some(load),
+            capacity: Some(capacity),
+        };
+        // The least-utilised candidate that takes work (a and b are both full: the lowest id),
+        // not the idle offline one.
+        let refused = lb.admit(AdmitTarget::Any, false, 0).expect("ok");
+        assert_eq!(figures(&refused), some("a", 2, 2));
+        let encoded = serde_json::to_value(&refused).expect("encodes");
+        assert_eq!(
+            (
+                &encoded["outcome"],
+                &encoded["candidate"],
+                &encoded["load"],
+                &encoded["capacity"]
+            ),
+            (
+                &serde_json::json!("refused"),
+                &serde_json::json!("a"),
+                &serde_json::json!(2),
+                &serde_json::json!(2)
+            ),
+            "{encoded}"
+        );
+        let queued = lb.admit(AdmitTarget::Listed(&["b", "c"]), true, 0).expect("ok");
+        assert_eq!(figures(&queued), some("b", 4, 4));
+        // The agent named, whatever its state.
+        let named = lb.admit(AdmitTarget::Agent("c"), false, 0).expect("ok");
+        assert_eq!(figures(&named), some("c", 0, 1));
+        // Only unavailable candidates: the least utilised of them.
+        assert_eq!(
+            figures(&lb.admit(AdmitTarget::Listed(&["c", "ghost"]), false, 0).expect("ok")),
+            some("c", 0, 1)
+        );
+        // No candidate known at all.
+        assert_eq!(
+            figures(&lb.admit(AdmitTarget::Listed(&["ghost"]), false, 0).expect("ok")),
+            Closest::default()
+        );
     }
 
     #[test]

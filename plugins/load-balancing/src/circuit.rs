@@ -4,9 +4,12 @@
 //! - **Open**: the agent is out of every pick for a backoff of `base_backoff_ms x 2^(n - 1)`
 //!   (`n`: how many times it opened since it last closed), capped at `max_backoff_ms`. Outcomes
 //!   of calls that were in flight when it opened change nothing.
-//! - **Half-open**, once the backoff is over: the next pick may choose the agent once, as a
-//!   probe. The next outcome reported decides: a success closes the circuit and resets its
-//!   counters; a failure opens it again with the doubled backoff. A probe whose outcome never
+//! - **Half-open**, once the backoff is over: the next pick (or admission) may choose the agent
+//!   once, as a probe. Only an outcome reported for the agent while that probe is out settles
+//!   the circuit: a success closes it and resets its counters; a failure opens it again with the
+//!   doubled backoff. Outcomes reported while half-open with no probe out (a late answer of a
+//!   call started before the circuit opened, an observation of a call made elsewhere) change
+//!   nothing: the clock alone never closes or reopens a circuit. A probe whose outcome never
 //!   comes is given up after one more backoff, and another probe is let through.
 
 use serde::Serialize;
@@ -109,12 +112,17 @@ impl Circuit {
         }
     }
 
-    /// Records one outcome.
+    /// Records one outcome. While half-open, only an outcome reported while the probe is out
+    /// counts (it settles the circuit); any other is ignored.
     pub(crate) fn record(&mut self, success: bool, now_ns: u64, policy: &Policy) -> Transition {
+        let state = self.state(now_ns);
+        if state == CircuitState::HalfOpen && !self.probe_in_flight(now_ns) {
+            return Transition::None;
+        }
         if !success {
             self.failures = self.failures.saturating_add(1);
         }
-        match self.state(now_ns) {
+        match state {
             CircuitState::Closed if success => {
                 self.failures = 0;
                 Transition::None
@@ -203,5 +211,42 @@ mod tests {
             c.record(false, 2_000 * MS, &POLICY);
         }
         assert_eq!(c.open_until_ns, 2_100 * MS, "the base backoff again after closing");
+    }
+
+    #[test]
+    fn half_open_is_settled_only_by_the_outcome_of_a_probe() {
+        let mut c = Circuit::default();
+        for _ in 0..3 {
+            c.record(false, 0, &POLICY);
+        }
+        assert_eq!(c.state(100 * MS), CircuitState::HalfOpen);
+        // Outcomes after the backoff with no probe out (a late answer of a call started before
+        // the circuit opened, an observation): ignored, whatever they say.
+        assert_eq!(c.record(true, 100 * MS, &POLICY), Transition::None);
+        assert_eq!(c.state(100 * MS), CircuitState::HalfOpen, "not closed without a probe");
+        assert_eq!(c.record(false, 101 * MS, &POLICY), Transition::None);
+        assert_eq!(
+            (c.state(101 * MS), c.times_opened, c.failures),
+            (CircuitState::HalfOpen, 1, 3),
+            "not reopened without a probe, nothing counted"
+        );
+        assert!(c.admits(101 * MS), "the probe is still to go");
+        // The probe's outcome settles it.
+        assert!(c.on_pick(102 * MS, &POLICY));
+        assert_eq!(c.record(true, 103 * MS, &POLICY), Transition::Closed);
+        // Same for a failure: only with the probe out does it reopen the circuit.
+        for _ in 0..3 {
+            c.record(false, 200 * MS, &POLICY);
+        }
+        assert_eq!(c.record(false, 300 * MS, &POLICY), Transition::None);
+        assert!(c.on_pick(300 * MS, &POLICY));
+        assert_eq!(
+            c.record(false, 301 * MS, &POLICY),
+            Transition::Opened { backoff_ns: 200 * MS }
+        );
+        // A probe given up (no outcome within one more backoff): late outcomes are ignored again.
+        assert!(c.on_pick(501 * MS, &POLICY));
+        assert_eq!(c.record(true, 702 * MS, &POLICY), Transition::None);
+        assert_eq!(c.state(702 * MS), CircuitState::HalfOpen);
     }
 }

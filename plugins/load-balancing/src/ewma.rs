@@ -1,12 +1,16 @@
 //! Peak EWMA: an agent's round-trip-time estimate, as in Finagle's `PeakEwma`, tower's
 //! `balance::p2c` + `load::PeakEwma` and linkerd.
 //!
-//! - An observation **above** the estimate replaces it at once (the peak): one slow answer is
-//!   enough to steer work away.
-//! - An observation at or below it moves the estimate towards it with weight
-//!   `w = exp(-elapsed / tau)` on the old value, where `elapsed` is the time since the last
-//!   observation and `tau = half_life / ln 2`: after one half-life the old value and the new
-//!   observation count half each.
+//! - Every comparison and blend is made against the **current** estimate, `cur`: the stored
+//!   value decayed to the time of the observation (as a read would give it), never the raw
+//!   stored value, so that an answer faster than what a pick sees cannot raise the estimate.
+//! - An observation **above** `cur` replaces it at once (the peak): one slow answer is enough to
+//!   steer work away.
+//! - An observation at or below `cur` moves it towards the observation:
+//!   `cur x w + rtt x (1 - w)` with `w = exp(-elapsed / tau)`, where `elapsed` is the time since
+//!   the last observation and `tau = half_life / ln 2`. The result never exceeds `cur`.
+//! - Observations that are not finite non-negative numbers are ignored (the plugin refuses them
+//!   before they get here): a NaN or infinite estimate would win or lose every comparison.
 //! - Between observations the estimate **decays towards zero** with the same `tau` (Finagle and
 //!   tower do the same on every read), so that an agent that was slow once and then left alone
 //!   is eventually tried again and gets a fresh measurement, instead of being shunned forever.
@@ -38,14 +42,24 @@ impl PeakEwma {
         }
     }
 
-    /// Records one round trip of `rtt_ns` that ended at `now_ns`.
+    /// Records one round trip of `rtt_ns` that ended at `now_ns`. A value that is not a finite
+    /// non-negative number is ignored.
     pub(crate) fn observe(&mut self, rtt_ns: f64, now_ns: u64, tau_ns: f64) {
-        if !self.observed || rtt_ns > self.estimate_ns {
+        if !rtt_ns.is_finite() || rtt_ns < 0.0 {
+            return;
+        }
+        if !self.observed {
             self.estimate_ns = rtt_ns;
         } else {
+            // The estimate as a read gives it now, not the raw stored value.
             let elapsed = now_ns.saturating_sub(self.at_ns) as f64;
             let w = (-elapsed / tau_ns).exp();
-            self.estimate_ns = self.estimate_ns * w + rtt_ns * (1.0 - w);
+            let cur = self.estimate_ns * w;
+            self.estimate_ns = if rtt_ns > cur {
+                rtt_ns
+            } else {
+                cur * w + rtt_ns * (1.0 - w)
+            };
         }
         self.observed = true;
         self.at_ns = self.at_ns.max(now_ns);
@@ -79,14 +93,60 @@ mod tests {
         assert!(close(e.estimate_ns(1_000 * MS, tau, 0.0), 500.0 * MS as f64));
         // Left alone for one half-life: half of it.
         assert!(close(e.estimate_ns(11_000 * MS, tau, 0.0), 250.0 * MS as f64));
-        // An observation below it one half-life later counts half.
+        // An observation below the decayed 250 one half-life later counts half against it.
         e.observe(10.0 * MS as f64, 11_000 * MS, tau);
-        assert!(close(e.estimate_ns(11_000 * MS, tau, 0.0), 255.0 * MS as f64));
-        // Two more half-lives of fast answers: close to the fast latency again.
+        assert!(close(e.estimate_ns(11_000 * MS, tau, 0.0), 130.0 * MS as f64));
+        // Two more half-lives of fast answers: 130 decays to 65, blends to 37.5; that decays to
+        // 18.75 and blends to 14.375: close to the fast latency again.
         e.observe(10.0 * MS as f64, 21_000 * MS, tau);
+        assert!(close(e.estimate_ns(21_000 * MS, tau, 0.0), 37.5 * MS as f64));
         e.observe(10.0 * MS as f64, 31_000 * MS, tau);
         let now = e.estimate_ns(31_000 * MS, tau, 0.0);
-        assert!(close(now, (255.0 / 4.0 + 10.0 * 0.75) * MS as f64), "{now}");
+        assert!(close(now, 14.375 * MS as f64), "{now}");
+    }
+
+    #[test]
+    fn a_fast_answer_never_raises_the_decayed_estimate() {
+        let tau = tau_ns(10_000);
+        let mut e = PeakEwma::default();
+        e.observe(500.0 * MS as f64, 1_000 * MS, tau);
+        let before = e.estimate_ns(11_000 * MS, tau, 0.0);
+        assert!(close(before, 250.0 * MS as f64), "{before}");
+        e.observe(10.0 * MS as f64, 11_000 * MS, tau);
+        let after = e.estimate_ns(11_000 * MS, tau, 0.0);
+        assert!(
+            after <= before,
+            "a 10 ms answer raised the estimate from {before} to {after}"
+        );
+        assert!(close(after, 130.0 * MS as f64), "{after}");
+        // Whatever the elapsed time, an answer at or below what a read gives cannot raise it.
+        for (rtt_ms, elapsed_ms) in [(0.0, 1), (100.0, 500), (129.0, 5_000), (1.0, 60_000)] {
+            let mut e2 = e;
+            let at = 11_000 * MS + elapsed_ms * MS;
+            let cur = e2.estimate_ns(at, tau, 0.0);
+            let rtt = (rtt_ms * MS as f64).min(cur);
+            e2.observe(rtt, at, tau);
+            assert!(e2.estimate_ns(at, tau, 0.0) <= cur, "{rtt_ms} ms after {elapsed_ms} ms");
+        }
+        // An answer above what a read gives is the new peak, even below the stored value.
+        let mut e3 = e;
+        e3.observe(100.0 * MS as f64, 21_000 * MS, tau);
+        assert!(close(e3.estimate_ns(21_000 * MS, tau, 0.0), 100.0 * MS as f64));
+    }
+
+    #[test]
+    fn non_finite_or_negative_observations_are_ignored() {
+        let tau = tau_ns(1_000);
+        let mut e = PeakEwma::default();
+        e.observe(f64::INFINITY, 0, tau);
+        e.observe(f64::NAN, 0, tau);
+        e.observe(-1.0, 0, tau);
+        assert_eq!(e.estimate_ns(0, tau, 7.0), 7.0, "still never observed");
+        e.observe(20.0, 0, tau);
+        e.observe(f64::INFINITY, MS, tau);
+        e.observe(f64::NAN, 2 * MS, tau);
+        let now = e.estimate_ns(10 * MS, tau, 0.0);
+        assert!(now.is_finite() && now > 0.0 && now <= 20.0, "{now}");
     }
 
     #[test]

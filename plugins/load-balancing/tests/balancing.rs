@@ -4,10 +4,15 @@
 //! agents arriving and leaving after initialization, bad input, configuration, the dynamic
 //! library and the conformance kit. (Behaviour over simulated time is tested beside the core,
 //! in `src/`.)
+//!
+//! Every orchestrator here runs on a [`ManualClock`]: the time the plugin reads (its latency
+//! estimates, backoffs, refresh intervals) moves only when a test advances it, so nothing
+//! depends on how fast the machine runs the test. Real time only bounds the waits for the
+//! host's own asynchronous work (event delivery, tasks on an executor), generously.
 
 use orchestrator_core::{
-    AgentConfig, AgentExecutor, AgentId, AgentStatus, ExecutionContext, ExecutorError, Orchestrator, OrchestratorError,
-    PluginOrigin,
+    AgentConfig, AgentExecutor, AgentId, AgentStatus, ExecutionContext, ExecutorError, ManualClock, Orchestrator,
+    OrchestratorError, PluginOrigin,
 };
 use plugin_api::{IntegrationRequest, OrchestratorEvent};
 use plugin_load_balancing::{LoadBalancingPlugin, NAME};
@@ -18,14 +23,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, broadcast};
 
+/// How long a test waits for the host's asynchronous work (an event delivered, a task run)
+/// before it gives up: only reached when something is broken.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// An orchestrator with the plugin, on a clock that stands still until the test moves it.
 async fn orchestrator(config: Value) -> Orchestrator {
-    Orchestrator::builder()
+    orchestrator_with_clock(config).await.0
+}
+
+/// [`orchestrator`], and its clock.
+async fn orchestrator_with_clock(config: Value) -> (Orchestrator, ManualClock) {
+    let clock = ManualClock::new();
+    let orch = Orchestrator::builder()
         .legacy_mode(false)
+        .clock(clock.clone())
         .plugin(LoadBalancingPlugin::default())
         .configure(NAME, config)
         .build()
         .await
-        .expect("builds")
+        .expect("builds");
+    (orch, clock)
 }
 
 /// The answer of a call, whether it succeeded or not.
@@ -65,16 +83,16 @@ async fn failed(orch: &Orchestrator, capability: &str, data: Value) -> String {
     }
 }
 
-/// Waits (at most 2 s) until `event` has gone through: the orchestrator hands each event to the
-/// plugins before its subscribers, so the plugin has handled it.
+/// Waits until `event` has gone through: the orchestrator hands each event to the plugins
+/// before its subscribers, so the plugin has handled it.
 async fn event_seen(events: &mut broadcast::Receiver<OrchestratorEvent>, event: &OrchestratorEvent) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Ok(seen)) if seen == *event => return,
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => panic!("event stream: {e}"),
-            Err(_) => panic!("no {event:?} within 2 s"),
+            Err(_) => panic!("no {event:?} within {PATIENCE:?}"),
         }
     }
 }
@@ -143,9 +161,9 @@ async fn report(orch: &Orchestrator, id: &str, success: bool) -> Value {
     .await
 }
 
-/// Waits (at most 2 s) for the plugin's custom event `name` about `agent_id`.
+/// Waits for the plugin's custom event `name` about `agent_id`.
 async fn custom_event(events: &mut broadcast::Receiver<OrchestratorEvent>, name: &str, agent_id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Ok(OrchestratorEvent::Custom {
@@ -158,24 +176,26 @@ async fn custom_event(events: &mut broadcast::Receiver<OrchestratorEvent>, name:
             }
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => panic!("event stream: {e}"),
-            Err(_) => panic!("no {name} event for {agent_id} within 2 s"),
+            Err(_) => panic!("no {name} event for {agent_id} within {PATIENCE:?}"),
         }
     }
 }
 
-/// Polls `check` every 10 ms, at most 2 s (events and backoffs run on real time).
+/// Polls `check` every 5 ms until it holds: for the host's own asynchronous work (tasks
+/// running on an executor), never for the plugin's time, which is the manual clock's.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
         if check().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("{what} did not happen within 2 s");
+    panic!("{what} did not happen within {PATIENCE:?}");
 }
 
 #[tokio::test]
@@ -332,7 +352,9 @@ async fn nothing_to_pick_answers_success_false_saying_why() {
 
 #[tokio::test]
 async fn a_circuit_opens_half_opens_and_recovers_or_backs_off_longer() {
-    let orch = orchestrator(json!({"failure_threshold": 3, "base_backoff_ms": 150, "max_backoff_ms": 10_000})).await;
+    let (orch, clock) =
+        orchestrator_with_clock(json!({"failure_threshold": 3, "base_backoff_ms": 150, "max_backoff_ms": 10_000}))
+            .await;
     let mut events = orch.subscribe_events();
     agent(&orch, "flaky", 10).await;
     agent(&orch, "steady", 10).await;
@@ -351,7 +373,8 @@ async fn a_circuit_opens_half_opens_and_recovers_or_backs_off_longer() {
     let open = report(&orch, "flaky", false).await;
     assert_eq!(open["state"], "open", "{open}");
     assert_eq!(open["times_opened"], 1);
-    assert!(open["retry_in_ms"].as_u64().is_some_and(|ms| ms <= 150), "{open}");
+    assert_eq!(open["retry_in_ms"], 150, "{open}");
+    assert_eq!(open["open_circuits"], json!(["flaky"]), "{open}");
     let opened = custom_event(&mut events, "circuit_opened", "flaky").await;
     assert_eq!(opened["backoff_ms"], 150.0);
 
@@ -376,43 +399,51 @@ async fn a_circuit_opens_half_opens_and_recovers_or_backs_off_longer() {
     assert_eq!(circuits["circuits"].as_array().map(Vec::len), Some(1));
     assert_eq!(circuits["circuits"][0]["agent_id"], "flaky");
 
-    // After the backoff: half-open, and exactly one probe goes through.
+    // Time passes, but not the whole backoff: still open.
     let only_flaky = json!({"available_agents": ["flaky"], "strategy": "round_robin"});
-    eventually("half-open", || async {
-        let c = call(&orch, "resource_optimization", json!({"op": "circuits"})).await;
-        c["circuits"][0]["state"] == "half_open"
-    })
-    .await;
+    clock.advance(Duration::from_millis(149));
+    let why = failed(&orch, "adaptive_balancing", only_flaky.clone()).await;
+    assert!(why.contains("1 behind an open circuit"), "{why}");
+    // After the backoff: half-open, and exactly one probe goes through.
+    clock.advance(Duration::from_millis(1));
+    let c = call(&orch, "resource_optimization", json!({"op": "circuits"})).await;
+    assert_eq!(c["circuits"][0]["state"], "half_open", "{c}");
+    assert_eq!(c["circuits"][0]["retry_in_ms"], 0, "{c}");
     let probe = call(&orch, "adaptive_balancing", only_flaky.clone()).await;
     assert_eq!(
         (probe["selected_agent"].clone(), probe["probe"].clone()),
         (json!("flaky"), json!(true))
     );
+    clock.advance(Duration::from_millis(100));
     let why = failed(&orch, "adaptive_balancing", only_flaky.clone()).await;
     assert!(why.contains("1 behind an open circuit"), "only one probe: {why}");
 
     // The probe fails: open again, twice as long.
+    clock.advance(Duration::from_millis(10));
     let reopened = report(&orch, "flaky", false).await;
     assert_eq!(
         (reopened["state"].clone(), reopened["times_opened"].clone()),
         (json!("open"), json!(2))
     );
+    assert_eq!(reopened["retry_in_ms"], 300, "{reopened}");
+    clock.advance(Duration::from_millis(299));
     assert!(
-        reopened["retry_in_ms"].as_u64().is_some_and(|ms| ms > 200 && ms <= 300),
-        "{reopened}"
+        failed(&orch, "adaptive_balancing", only_flaky.clone())
+            .await
+            .contains("open circuit")
     );
-    eventually("half-open again", || async {
-        let c = call(&orch, "resource_optimization", json!({"op": "circuits"})).await;
-        c["circuits"][0]["state"] == "half_open"
-    })
-    .await;
+    clock.advance(Duration::from_millis(1));
+    let c = call(&orch, "resource_optimization", json!({"op": "circuits"})).await;
+    assert_eq!(c["circuits"][0]["state"], "half_open", "{c}");
     // This probe succeeds: closed, and picked again.
     assert_eq!(pick(&orch, only_flaky.clone()).await, "flaky");
+    clock.advance(Duration::from_millis(20));
     let closed = report(&orch, "flaky", true).await;
     assert_eq!(
         (closed["state"].clone(), closed["consecutive_failures"].clone()),
         (json!("closed"), json!(0))
     );
+    assert_eq!(closed["open_circuits"], json!([]), "{closed}");
     custom_event(&mut events, "circuit_closed", "flaky").await;
     let circuits = call(&orch, "resource_optimization", json!({"op": "circuits"})).await;
     assert_eq!(circuits["circuits"], json!([]));
@@ -443,6 +474,11 @@ async fn admission_refuses_or_queues_and_a_release_admits_the_oldest_ticket() {
     );
     assert!(
         full["reason"].as_str().is_some_and(|r| r.contains("2 at capacity")),
+        "{full}"
+    );
+    assert_eq!(
+        (full["load"].clone(), full["capacity"].clone()),
+        (json!(2), json!(2)),
         "{full}"
     );
 
@@ -560,8 +596,11 @@ impl AgentExecutor for Gate {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hosts_load_counts_for_admission_and_snapshots() {
     let gate = Arc::new(Semaphore::new(0));
+    // The plugin's clock stands still: `load_refresh_ms: 0` alone makes it read the host's
+    // loads on every call. (Only the host's tasks run on real time, and are waited for.)
     let orch = Orchestrator::builder()
         .legacy_mode(false)
+        .clock(ManualClock::new())
         .plugin(LoadBalancingPlugin::default())
         .configure(NAME, json!({"load_refresh_ms": 0}))
         .executor(Gate(Arc::clone(&gate)))
@@ -668,50 +707,40 @@ async fn proposals_move_work_from_hot_and_broken_agents_to_cold_ones() {
 
 #[tokio::test]
 async fn agents_arriving_or_leaving_after_initialize_are_followed_through_events() {
-    // Reading the host's figures again is put off for an hour: only the events can do it.
+    // The plugin's clock stands still (and reading the host's whole fleet again is put off for
+    // an hour besides): only the events, and the figures of the agents they name, can do it.
     let orch = orchestrator(json!({"load_refresh_ms": 3_600_000})).await;
     let why = failed(&orch, "adaptive_balancing", json!({})).await;
     assert!(why.contains("no agent is registered"), "{why}");
-    orch.register_agent(AgentConfig::new("late").with_id("late"))
-        .await
-        .expect("registers");
-    eventually("the new agent picked", || async {
-        answer(&orch, "adaptive_balancing", json!({}))
-            .await
-            .is_ok_and(|r| r.success && r.data["selected_agent"] == "late")
-    })
-    .await;
-    orch.set_agent_status(&AgentId::from("late"), AgentStatus::Offline)
-        .expect("exists");
-    eventually("offline agent left out", || async {
-        answer(&orch, "adaptive_balancing", json!({}))
-            .await
-            .is_ok_and(|r| !r.success)
-    })
-    .await;
-    orch.set_agent_status(&AgentId::from("late"), AgentStatus::Active)
-        .expect("exists");
-    orch.register_agent(AgentConfig::new("later").with_id("later"))
-        .await
-        .expect("registers");
-    eventually("both picked", || async {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..2 {
-            if let Ok(r) = answer(&orch, "adaptive_balancing", json!({"strategy": "round_robin"})).await {
-                seen.insert(r.data["selected_agent"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-        seen.len() == 2 && !seen.contains("")
-    })
-    .await;
+    agent(&orch, "late", 1).await;
+    assert_eq!(
+        pick(&orch, json!({})).await,
+        "late",
+        "picked right after its registration"
+    );
+    set_status(&orch, "late", AgentStatus::Offline).await;
+    let why = failed(&orch, "adaptive_balancing", json!({})).await;
+    assert!(why.contains("1 busy or offline"), "offline agent left out: {why}");
+    set_status(&orch, "late", AgentStatus::Active).await;
+    agent(&orch, "later", 1).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        seen.insert(pick(&orch, json!({"strategy": "round_robin"})).await);
+    }
+    assert_eq!(seen.len(), 2, "both picked: {seen:?}");
+    let mut events = orch.subscribe_events();
     orch.deregister_agent(&AgentId::from("late"))
         .await
         .expect("deregisters");
-    eventually("the departed agent forgotten", || async {
-        let snapshot = call(&orch, "capacity_management", json!({})).await;
-        snapshot["agents"].as_array().map(Vec::len) == Some(1)
-    })
+    event_seen(
+        &mut events,
+        &OrchestratorEvent::AgentDeregistered {
+            agent_id: "late".into(),
+        },
+    )
     .await;
+    let snapshot = call(&orch, "capacity_management", json!({})).await;
+    assert_eq!(snapshot["agents"].as_array().map(Vec::len), Some(1), "{snapshot}");
     for _ in 0..10 {
         assert_eq!(pick(&orch, json!({"strategy": "round_robin"})).await, "later");
     }
@@ -720,6 +749,150 @@ async fn agents_arriving_or_leaving_after_initialize_are_followed_through_events
         .await
         .expect("registers");
     assert_eq!(pick(&orch, json!({"available_agents": ["named"]})).await, "named");
+}
+
+#[tokio::test]
+async fn duplicate_available_agents_do_not_bias_picks() {
+    let orch = orchestrator(json!({"seed": 5})).await;
+    agent(&orch, "a", 4).await;
+    agent(&orch, "b", 4).await;
+    // Round robin: a listed three times still gets one turn in two.
+    let rr = json!({"strategy": "round_robin", "available_agents": ["a", "a", "a", "b"]});
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(pick(&orch, rr.clone()).await);
+    }
+    assert!(order.windows(2).all(|w| w[0] != w[1]), "alternates: {order:?}");
+    // P2C between equal costs: each wins about half, not 8 in 9.
+    let mut listed = vec!["a"; 8];
+    listed.push("b");
+    let counts = picks(&orch, json!({"available_agents": listed}), 400).await;
+    let b = counts.get("b").copied().unwrap_or(0);
+    assert!((140..=260).contains(&b), "{counts:?}");
+    // Admission between listed candidates is unaffected, and so is the ticket's target.
+    let admitted = call(
+        &orch,
+        "capacity_management",
+        json!({"op": "admit", "available_agents": ["b", "b", "a"]}),
+    )
+    .await;
+    assert_eq!(admitted["agent_id"], "a", "the least utilised, ties to the lowest id");
+}
+
+#[tokio::test]
+async fn admit_refusals_and_tickets_carry_load_and_capacity() {
+    let orch = orchestrator(json!({})).await;
+    agent(&orch, "a", 1).await;
+    agent(&orch, "b", 2).await;
+    for id in ["a", "b", "b"] {
+        let admitted = call(&orch, "capacity_management", json!({"op": "admit", "agent_id": id})).await;
+        assert_eq!(admitted["admitted"], true, "{admitted}");
+    }
+    // Every candidate full: the least utilised (both 1.0, ties to the lowest id).
+    let refused = call(&orch, "capacity_management", json!({"op": "admit"})).await;
+    assert_eq!(
+        (
+            refused["admitted"].clone(),
+            refused["queued"].clone(),
+            refused["candidate"].clone(),
+            refused["load"].clone(),
+            refused["capacity"].clone()
+        ),
+        (json!(false), json!(false), json!("a"), json!(1), json!(1)),
+        "{refused}"
+    );
+    // The agent named.
+    let queued = call(
+        &orch,
+        "capacity_management",
+        json!({"op": "admit", "agent_id": "b", "queue": true}),
+    )
+    .await;
+    assert_eq!(
+        (
+            queued["queued"].clone(),
+            queued["candidate"].clone(),
+            queued["load"].clone(),
+            queued["capacity"].clone()
+        ),
+        (json!(true), json!("b"), json!(2), json!(2)),
+        "{queued}"
+    );
+    // No candidate known: the fields are there, null.
+    let nobody = call(
+        &orch,
+        "capacity_management",
+        json!({"op": "admit", "available_agents": ["ghost"]}),
+    )
+    .await;
+    assert_eq!(
+        (
+            nobody["candidate"].clone(),
+            nobody["load"].clone(),
+            nobody["capacity"].clone()
+        ),
+        (Value::Null, Value::Null, Value::Null),
+        "{nobody}"
+    );
+    assert!(
+        nobody
+            .as_object()
+            .is_some_and(|o| o.contains_key("load") && o.contains_key("capacity"))
+    );
+}
+
+#[tokio::test]
+async fn a_late_outcome_after_the_backoff_does_not_settle_a_half_open_circuit() {
+    let (orch, clock) = orchestrator_with_clock(json!({"failure_threshold": 1, "base_backoff_ms": 1_000})).await;
+    agent(&orch, "a", 4).await;
+    agent(&orch, "b", 4).await;
+    // A call starts on a; a then fails elsewhere and its circuit opens.
+    call(&orch, "adaptive_balancing", json!({"op": "start", "agent_id": "a"})).await;
+    let open = report(&orch, "a", false).await;
+    assert_eq!(open["state"], "open");
+    assert_eq!(open["open_circuits"], json!(["a"]));
+    clock.advance(Duration::from_millis(1_500));
+    // The call started before the circuit opened answers late, fine; an observation and a
+    // report come in too. No probe is out: none of them closes the circuit.
+    let late = call(
+        &orch,
+        "adaptive_balancing",
+        json!({"op": "finish", "agent_id": "a", "latency_ms": 3, "success": true}),
+    )
+    .await;
+    assert_eq!(late["circuit"], "half_open", "{late}");
+    observe(&orch, "a", 3.0, true).await;
+    let still = report(&orch, "a", true).await;
+    assert_eq!(
+        (
+            still["state"].clone(),
+            still["probe_in_flight"].clone(),
+            still["open_circuits"].clone()
+        ),
+        (json!("half_open"), json!(false), json!(["a"])),
+        "{still}"
+    );
+    // Nor does a late failure reopen it.
+    let still = report(&orch, "a", false).await;
+    assert_eq!(
+        (still["state"].clone(), still["times_opened"].clone()),
+        (json!("half_open"), json!(1))
+    );
+    // The probe goes out (a pick), and its outcome settles it.
+    let probe = call(
+        &orch,
+        "adaptive_balancing",
+        json!({"available_agents": ["a"], "acquire": true}),
+    )
+    .await;
+    assert_eq!(probe["probe"], true, "{probe}");
+    let closed = call(
+        &orch,
+        "adaptive_balancing",
+        json!({"op": "finish", "agent_id": "a", "latency_ms": 3, "success": true}),
+    )
+    .await;
+    assert_eq!(closed["circuit"], "closed", "{closed}");
 }
 
 #[tokio::test]
@@ -781,6 +954,16 @@ async fn garbage_is_refused_as_invalid_request() {
             "adaptive_balancing",
             json!({"op": "observe", "agent_id": "a", "latency_ms": "fast"}),
             "`latency_ms` must be",
+        ),
+        (
+            "adaptive_balancing",
+            json!({"op": "observe", "agent_id": "a", "latency_ms": 1e303}),
+            "at most 86400000 (one day)",
+        ),
+        (
+            "adaptive_balancing",
+            json!({"op": "observe", "agent_id": "a", "latency_ms": 86_400_001}),
+            "at most 86400000 (one day)",
         ),
         (
             "adaptive_balancing",
@@ -908,6 +1091,9 @@ async fn bad_configuration_is_refused_naming_the_key() {
         (json!({"base_backoff_ms": 500, "max_backoff_ms": 100}), "max_backoff_ms"),
         (json!({"default_strategy": "random"}), "random"),
         (json!({"weights": {"a": -1}}), "weights.a"),
+        (json!({"half_life_ms": 0}), "half_life_ms"),
+        (json!({"half_life_ms": 86_400_001}), "half_life_ms"),
+        (json!({"default_rtt_ms": 1e303}), "default_rtt_ms"),
     ] {
         let err = Orchestrator::builder()
             .legacy_mode(false)
@@ -960,6 +1146,7 @@ fn library() -> PathBuf {
 async fn the_dynamic_library_balances_on_the_hosts_clock_and_events() {
     let orch = Orchestrator::builder()
         .legacy_mode(false)
+        .clock(ManualClock::new())
         .load_plugin(library())
         .configure(
             NAME,
@@ -982,7 +1169,7 @@ async fn the_dynamic_library_balances_on_the_hosts_clock_and_events() {
     .await;
     let open = report(&orch, "x", false).await;
     assert_eq!(open["state"], "open");
-    assert!(open["retry_in_ms"].as_u64().is_some_and(|ms| ms > 59_000), "{open}");
+    assert_eq!(open["retry_in_ms"], 60_000, "the host's (manual) clock: {open}");
     for _ in 0..10 {
         assert_eq!(pick(&orch, json!({})).await, "y");
     }
