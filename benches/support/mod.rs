@@ -68,3 +68,26 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// Waits until every event emitted so far has reached every plugin: registers a sentinel agent
+/// and waits for subscribers (who hear an event after the plugins) to hear of it. Returns how
+/// long that took.
+pub async fn drain_events(orch: &Orchestrator) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let mut events = orch.subscribe_events();
+    let sentinel = orch
+        .register_agent(AgentConfig::new("drain-sentinel"))
+        .await
+        .expect("registers");
+    loop {
+        match events.recv().await {
+            Ok(orchestrator::OrchestratorEvent::AgentRegistered { agent_id }) if agent_id == sentinel.to_string() => {
+                break;
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    let _ = orch.deregister_agent(&sentinel).await;
+    start.elapsed()
+}
