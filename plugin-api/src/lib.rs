@@ -10,6 +10,10 @@
 //! plugin, so that it can stay stable while the engine (`orchestrator-core`) moves. A plugin
 //! crate depends on `plugin-api` and `async-trait`, and never on the engine.
 //!
+//! Besides the boundary types, [`fields`] reads a request's JSON data field by field, with
+//! refusals that say what was expected: plain Rust every plugin needs, kept here so that each
+//! plugin need not copy it.
+//!
 //! ```
 //! use plugin_api::prelude::*;
 //! use serde_json::json;
@@ -36,6 +40,7 @@ mod agent;
 mod error;
 mod event;
 pub mod ffi;
+pub mod fields;
 mod health;
 mod host;
 mod message;
