@@ -5,15 +5,14 @@
 //! orchestrator process sees the same sessions), in this plugin's memory otherwise. Config
 //! `store = "memory" | "shared"` forces the choice. On the shared store every change is a
 //! compare-and-set on the session's key (`session/<id>`) retried on a conflict, so two processes
-//! setting keys of one session at once both land; an ended or swept session is overwritten with
-//! a tombstone (`atomic_updates` has no delete), and a session past its expiry is refused by
-//! every reader whether or not a sweep has run. A sweep removes the expired sessions this process
-//! knows of (created, read or changed here).
+//! setting keys of one session at once both land; an ended or swept session is deleted on its
+//! version (`atomic_updates` `delete`), and a session past its expiry is refused by every reader
+//! whether or not a sweep has run. A sweep removes the expired sessions this process knows of
+//! (created, read or changed here).
 //!
-//! Known limit: on the shared store every session leaves a key behind (live, or a tombstone),
-//! because `atomic_updates` has neither delete nor expiry, and `max_sessions` bounds only the
-//! memory store. Sessions of a process that died are refused once expired but never tombstoned
-//! unless another process read them. A delete (or a TTL) op on `atomic_updates` would close this.
+//! Known limit: `max_sessions` bounds only the memory store, and the expired sessions of a
+//! process that died stay on the shared store until another process reads them and sweeps (or
+//! ends) them: `atomic_updates` has no expiry of its own.
 
 use plugin_api::{HostHandle, IntegrationRequest, PluginError, PluginErrorKind};
 use serde::{Deserialize, Serialize};
@@ -71,7 +70,7 @@ fn not_found(session_id: &str) -> PluginError {
     PluginError::invalid_request(format!("no session `{session_id}` (never created, ended, or expired)"))
 }
 
-/// A session read from the shared store: `None` for a tombstone or an absent key.
+/// A session read from the shared store: `None` for an absent key (or foreign data).
 fn decode(value: &Value) -> Option<Session> {
     serde_json::from_value(value.clone()).ok()
 }
@@ -219,7 +218,7 @@ impl Sessions {
             Resolved::Shared => {
                 let session = self.get(host, session_id, now_ms).await?;
                 if self
-                    .tombstone(host, session_id, |s| s.is_some_and(|s| s.expires_at > now_ms))
+                    .delete_shared(host, session_id, |s| s.is_some_and(|s| s.expires_at > now_ms))
                     .await?
                 {
                     Ok(session)
@@ -230,10 +229,10 @@ impl Sessions {
         }
     }
 
-    /// Overwrites a session with a tombstone, if `still` holds for what is stored when it is
-    /// written (a sweep passes "still expired", so that a session touched by another process in
+    /// Deletes a session on the shared store, if `still` holds for what is stored when it is
+    /// deleted (a sweep passes "still expired", so that a session touched by another process in
     /// between is left alone). `Ok(false)` when `still` no longer held.
-    async fn tombstone(
+    async fn delete_shared(
         &self,
         host: &HostHandle,
         session_id: &str,
@@ -241,8 +240,8 @@ impl Sessions {
     ) -> Result<bool, PluginError> {
         for _ in 0..RETRIES {
             let current = Self::atomic(host, json!({"op": "get", "key": key(session_id)})).await?;
-            if current["value"].get("ended").is_some() {
-                lock(&self.known).remove(session_id);
+            if current["version"] == json!(0) {
+                lock(&self.known).remove(session_id); // already gone
                 return Ok(true);
             }
             if !still(decode(&current["value"]).as_ref()) {
@@ -250,7 +249,7 @@ impl Sessions {
             }
             let answer = Self::atomic(
                 host,
-                json!({"op": "cas", "key": key(session_id), "expected_version": current["version"], "value": {"ended": true}}),
+                json!({"op": "delete", "key": key(session_id), "expected_version": current["version"]}),
             )
             .await?;
             if answer["applied"] == json!(true) {
@@ -282,7 +281,7 @@ impl Sessions {
                         Some(s) if s.expires_at > now_ms => {}
                         _ => {
                             if self
-                                .tombstone(host, &id, |s| s.is_none_or(|s| s.expires_at <= now_ms))
+                                .delete_shared(host, &id, |s| s.is_none_or(|s| s.expires_at <= now_ms))
                                 .await?
                             {
                                 removed.push(id);

@@ -14,6 +14,8 @@
 //! - `{"op": "cas", "key", "expected_version": u64, "value": any}` -> `{"key", "applied", "version",
 //!   "value"}`: written only if the version is still `expected_version` (0 creates the key);
 //!   on a conflict `applied` is false and `value`/`version` are what is stored now
+//! - `{"op": "delete", "key", "expected_version"}` -> `{"key", "applied", "version", "value"}`:
+//!   removed only if the version is still `expected_version` (the key is then absent, version 0)
 //! - `{"op": "transition", "task_id", "from", "to"}` -> `{"task_id", "applied", "version", "value"}`
 //!   for task states: pending -> assigned -> running -> done | failed, with assigned or running ->
 //!   pending (handed back) and failed -> pending (retry). An unknown task is pending. A move the
@@ -258,7 +260,7 @@ impl SharedStatePlugin {
     }
 
     async fn atomic_updates(shared: &Shared, data: &Value) -> Result<Value, PluginError> {
-        const EXPECTED: &str = "{\"op\": \"get\", \"key\"} or {\"op\": \"cas\", \"key\", \"expected_version\", \"value\"} or {\"op\": \"transition\", \"task_id\", \"from\", \"to\"}";
+        const EXPECTED: &str = "{\"op\": \"get\", \"key\"} or {\"op\": \"cas\", \"key\", \"expected_version\", \"value\"} or {\"op\": \"delete\", \"key\", \"expected_version\"} or {\"op\": \"transition\", \"task_id\", \"from\", \"to\"}";
         match op(data, "get", EXPECTED)? {
             "get" => {
                 let key = key_field(data, "key", EXPECTED)?;
@@ -292,6 +294,14 @@ impl SharedStatePlugin {
                     .compare_and_set(key, expected_version, value)
                     .await
                     .map_err(store_error)?;
+                Ok(json!({"key": key, "applied": outcome.applied, "version": outcome.version, "value": outcome.value}))
+            }
+            "delete" => {
+                let key = key_field(data, "key", EXPECTED)?;
+                let expected_version = u64_field(data, "expected_version", EXPECTED)?.ok_or_else(|| {
+                    PluginError::invalid_request(format!("missing `expected_version`; expected {EXPECTED}"))
+                })?;
+                let outcome = shared.store.delete(key, expected_version).await.map_err(store_error)?;
                 Ok(json!({"key": key, "applied": outcome.applied, "version": outcome.version, "value": outcome.value}))
             }
             "transition" => {

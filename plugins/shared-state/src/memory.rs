@@ -106,6 +106,29 @@ impl StateStore for MemoryStore {
         }))
     }
 
+    async fn delete(&self, key: &str, expected_version: u64) -> Result<CasOutcome, StoreError> {
+        Ok(match self.values.entry(key.to_owned()) {
+            dashmap::Entry::Occupied(slot) if slot.get().version == expected_version => {
+                slot.remove();
+                CasOutcome {
+                    applied: true,
+                    version: 0,
+                    value: Value::Null,
+                }
+            }
+            dashmap::Entry::Occupied(slot) => CasOutcome {
+                applied: false,
+                version: slot.get().version,
+                value: slot.get().value.clone(),
+            },
+            dashmap::Entry::Vacant(_) => CasOutcome {
+                applied: expected_version == 0,
+                version: 0,
+                value: Value::Null,
+            },
+        })
+    }
+
     async fn transition(&self, task_id: &str, from: TaskState, to: TaskState) -> Result<CasOutcome, StoreError> {
         let from_value = Value::from(from.as_str());
         Ok(

@@ -50,6 +50,20 @@ return {1, v, ARGV[2]}
     )
 });
 
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('HMGET', KEYS[1], 'v', 'd')
+local v = tonumber(cur[1]) or 0
+if v ~= tonumber(ARGV[1]) then
+  return {0, v, cur[2] or 'null'}
+end
+redis.call('DEL', KEYS[1])
+return {1, 0, 'null'}
+",
+    )
+});
+
 static TRANSITION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -356,6 +370,17 @@ impl StateStore for RedisStore {
                 &CAS,
                 vec![self.shared.key("kv", key)],
                 vec![expected_version.to_string(), value.to_string()],
+            )
+            .await?;
+        cas_outcome(reply)
+    }
+
+    async fn delete(&self, key: &str, expected_version: u64) -> Result<CasOutcome, StoreError> {
+        let reply = self
+            .script(
+                &DELETE,
+                vec![self.shared.key("kv", key)],
+                vec![expected_version.to_string()],
             )
             .await?;
         cas_outcome(reply)

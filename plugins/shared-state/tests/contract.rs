@@ -43,6 +43,27 @@ async fn contract(store: Arc<dyn StateStore>) {
     assert!(!stale.applied);
     assert_eq!(stale.version, 2);
 
+    // Delete on a version, like compare-and-set.
+    assert!(
+        store
+            .compare_and_set("gone", 0, &json!("x"))
+            .await
+            .expect("cas")
+            .applied
+    );
+    let refused = store.delete("gone", 7).await.expect("delete");
+    assert!(!refused.applied);
+    assert_eq!((refused.version, refused.value), (1, json!("x")));
+    let deleted = store.delete("gone", 1).await.expect("delete");
+    assert!(deleted.applied);
+    let after = store.get("gone").await.expect("get");
+    assert_eq!((after.value, after.version), (Value::Null, 0));
+    assert!(
+        store.delete("never", 0).await.expect("delete").applied,
+        "an absent key is at version 0"
+    );
+    assert!(!store.delete("never", 1).await.expect("delete").applied);
+
     // Task transitions: an unknown task is pending.
     let t = store
         .transition("t1", TaskState::Pending, TaskState::Assigned)
