@@ -21,7 +21,7 @@
 //!   pending (handed back) and failed -> pending (retry). An unknown task is pending. A move the
 //!   state machine forbids is refused with an error naming both states; a task that is not in
 //!   `from` any more gives `applied: false` and its current state. The state is stored under the
-//!   key `task/<task_id>`, so `get` reads it; `cas` refuses `task/` keys, so that every change of
+//!   key `task/<task_id>`, so `get` reads it; `cas` and `delete` refuse `task/` keys, so that every change of
 //!   a task's state keeps to the state machine.
 //!
 //! **`real_time_balancing`**: shared per-agent load counters.
@@ -298,6 +298,11 @@ impl SharedStatePlugin {
             }
             "delete" => {
                 let key = key_field(data, "key", EXPECTED)?;
+                if key.starts_with("task/") {
+                    return Err(PluginError::invalid_request(format!(
+                        "`{key}` holds a task state: it moves only with {{\"op\": \"transition\"}} (a deleted state would read as pending)"
+                    )));
+                }
                 let expected_version = u64_field(data, "expected_version", EXPECTED)?.ok_or_else(|| {
                     PluginError::invalid_request(format!("missing `expected_version`; expected {EXPECTED}"))
                 })?;

@@ -262,9 +262,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Writes `value` under `key` if its version is still `expected_version` (0: absent).
     async fn compare_and_set(&self, key: &str, expected_version: u64, value: &Value) -> Result<CasOutcome, StoreError>;
 
-    /// Deletes `key` if its version is still `expected_version`. The key is then absent: its
-    /// version is 0 again, so a holder of an older version 0 could create it anew (use unique
-    /// keys for things that are deleted, as sessions do).
+    /// Deletes `key` if its version is still `expected_version`. The key is then absent and its
+    /// versions start again from 0, so an old `expected_version` can match a re-created key:
+    /// delete only keys that are used once (as session ids are).
     async fn delete(&self, key: &str, expected_version: u64) -> Result<CasOutcome, StoreError>;
 
     /// Moves a task from `from` to `to` if it is in `from` now (an unknown task is `pending`).

@@ -161,6 +161,10 @@ async fn garbage_is_refused(orch: &Orchestrator) {
         ("atomic_updates", json!({"op": 7})),
         ("atomic_updates", json!({"op": "explode"})),
         ("atomic_updates", json!({"op": "delete", "key": "k"})),
+        (
+            "atomic_updates",
+            json!({"op": "delete", "key": "task/t", "expected_version": 1}),
+        ),
         ("real_time_balancing", json!({"op": "acquire"})),
         ("real_time_balancing", json!({"available_agents": "a1"})),
         ("real_time_balancing", json!({"available_agents": [1, 2]})),
