@@ -81,6 +81,7 @@ mod sessions;
 
 use consolidate::{Budget, Entry, Policy};
 use idle::IdleIndex;
+use plugin_api::fields::{self, Object};
 use plugin_api::prelude::*;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -172,37 +173,7 @@ impl std::fmt::Debug for ContextManagementPlugin {
     }
 }
 
-fn op<'a>(data: &'a Value, default: &'a str, expected: &str) -> Result<&'a str, PluginError> {
-    if !data.is_object() && !data.is_null() {
-        return Err(PluginError::invalid_request(format!(
-            "the request data must be a JSON object; expected {expected}"
-        )));
-    }
-    match data.get("op") {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::String(op)) => Ok(op),
-        Some(_) => Err(PluginError::invalid_request(format!(
-            "`op` must be a string; expected {expected}"
-        ))),
-    }
-}
-
-fn string_field<'a>(data: &'a Value, field: &str, expected: &str) -> Result<&'a str, PluginError> {
-    data.get(field)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| PluginError::invalid_request(format!("missing or non-string `{field}`; expected {expected}")))
-}
-
-fn u64_field(data: &Value, field: &str, expected: &str) -> Result<Option<u64>, PluginError> {
-    match data.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            PluginError::invalid_request(format!("`{field}` must be a non-negative integer; expected {expected}"))
-        }),
-    }
-}
-
+/// For the `match` over an op that [`fields::op`] has already checked against its list.
 fn unknown_op(op: &str, expected: &str) -> PluginError {
     PluginError::invalid_request(format!("unknown op `{op}`; expected {expected}"))
 }
@@ -319,10 +290,12 @@ impl State {
     fn sleep_wake_cycles(&self, data: &Value) -> Result<Value, PluginError> {
         const EXPECTED: &str =
             "{\"op\": \"sleep\" | \"wake\" | \"activity\" | \"status\", \"agent_id\"} or {\"op\": \"sweep\"}";
-        match op(data, "sleep", EXPECTED)? {
+        let empty = Object::new();
+        let data = fields::object(data, &empty, EXPECTED)?;
+        match fields::op(data, &["sleep", "wake", "activity", "status", "sweep"], EXPECTED)? {
             "sweep" => Ok(self.sweep_agents()),
             "sleep" => {
-                let agent = self.registered(string_field(data, "agent_id", EXPECTED)?)?;
+                let agent = self.registered(fields::string(data, "agent_id", EXPECTED)?)?;
                 if agent.status == AgentStatus::Offline {
                     return Err(PluginError::invalid_request(format!(
                         "agent `{}` is offline: only an active or busy agent can be put to sleep",
@@ -331,9 +304,9 @@ impl State {
                 }
                 self.put_to_sleep(&agent)
             }
-            "wake" | "activity" => self.wake(string_field(data, "agent_id", EXPECTED)?),
+            "wake" | "activity" => self.wake(fields::string(data, "agent_id", EXPECTED)?),
             "status" => {
-                let agent = self.registered(string_field(data, "agent_id", EXPECTED)?)?;
+                let agent = self.registered(fields::string(data, "agent_id", EXPECTED)?)?;
                 let idle = self.now().saturating_sub(self.last_activity(&agent.id));
                 Ok(json!({
                     "agent_id": agent.id,
@@ -346,7 +319,7 @@ impl State {
         }
     }
 
-    fn entries(&self, data: &Value, expected: &str) -> Result<Vec<Entry>, PluginError> {
+    fn entries(&self, data: &Object, expected: &str) -> Result<Vec<Entry>, PluginError> {
         let now = self.now();
         match data.get("entries") {
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -382,8 +355,10 @@ impl State {
 
     fn context_consolidation(&self, data: &Value) -> Result<Value, PluginError> {
         const EXPECTED: &str = "{\"op\": \"consolidate\", \"agent_id\", \"entries\"?: [{\"text\", \"importance\"?, \"timestamp\"?}], \"budget\"?: {\"entries\"?, \"tokens\"?}} or {\"op\": \"append\" | \"get\" | \"clear\", \"agent_id\"}";
-        let op = op(data, "consolidate", EXPECTED)?;
-        let agent_id = string_field(data, "agent_id", EXPECTED)?;
+        let empty = Object::new();
+        let data = fields::object(data, &empty, EXPECTED)?;
+        let op = fields::op(data, &["consolidate", "append", "get", "clear"], EXPECTED)?;
+        let agent_id = fields::string(data, "agent_id", EXPECTED)?;
         if op != "get" && op != "clear" {
             self.registered(agent_id)?;
         }
@@ -401,11 +376,11 @@ impl State {
                         })?;
                         budget.entries = usize::try_from(n).unwrap_or(usize::MAX);
                     }
-                    Some(b @ Value::Object(_)) => {
-                        if let Some(n) = u64_field(b, "entries", EXPECTED)? {
+                    Some(Value::Object(b)) => {
+                        if let Some(n) = fields::opt_u64(b, "entries", EXPECTED)? {
                             budget.entries = usize::try_from(n).unwrap_or(usize::MAX);
                         }
-                        if let Some(n) = u64_field(b, "tokens", EXPECTED)? {
+                        if let Some(n) = fields::opt_u64(b, "tokens", EXPECTED)? {
                             budget.tokens = Some(usize::try_from(n).unwrap_or(usize::MAX));
                         }
                     }
@@ -478,10 +453,12 @@ impl State {
             answer["store"] = json!(self.sessions.store_name());
             answer
         };
-        match op(data, "create", EXPECTED)? {
+        let empty = Object::new();
+        let data = fields::object(data, &empty, EXPECTED)?;
+        match fields::op(data, &["create", "get", "set", "touch", "end", "sweep"], EXPECTED)? {
             "create" => {
-                let agent = self.registered(string_field(data, "agent_id", EXPECTED)?)?;
-                let ttl_s = u64_field(data, "ttl_s", EXPECTED)?.unwrap_or(self.config.session_ttl_s);
+                let agent = self.registered(fields::string(data, "agent_id", EXPECTED)?)?;
+                let ttl_s = fields::opt_u64(data, "ttl_s", EXPECTED)?.unwrap_or(self.config.session_ttl_s);
                 if ttl_s == 0 {
                     return Err(PluginError::invalid_request("`ttl_s` must be at least 1"));
                 }
@@ -516,12 +493,12 @@ impl State {
             }
             "get" => Ok(to_json(
                 self.sessions
-                    .get(host, string_field(data, "session_id", EXPECTED)?, now)
+                    .get(host, fields::string(data, "session_id", EXPECTED)?, now)
                     .await?,
             )),
             "set" => {
-                let id = string_field(data, "session_id", EXPECTED)?;
-                let key = string_field(data, "key", EXPECTED)?.to_owned();
+                let id = fields::string(data, "session_id", EXPECTED)?;
+                let key = fields::string(data, "key", EXPECTED)?.to_owned();
                 let value = data
                     .get("value")
                     .cloned()
@@ -535,8 +512,8 @@ impl State {
                 Ok(to_json(session))
             }
             "touch" => {
-                let id = string_field(data, "session_id", EXPECTED)?;
-                let ttl = u64_field(data, "ttl_s", EXPECTED)?;
+                let id = fields::string(data, "session_id", EXPECTED)?;
+                let ttl = fields::opt_u64(data, "ttl_s", EXPECTED)?;
                 if ttl == Some(0) {
                     return Err(PluginError::invalid_request("`ttl_s` must be at least 1"));
                 }
@@ -551,7 +528,7 @@ impl State {
                 Ok(to_json(session))
             }
             "end" => {
-                let id = string_field(data, "session_id", EXPECTED)?;
+                let id = fields::string(data, "session_id", EXPECTED)?;
                 let mut answer = to_json(self.sessions.end(host, id, now).await?);
                 answer["ended"] = json!(true);
                 Ok(answer)
