@@ -104,6 +104,7 @@ pub use store::{
     WorkflowUpdate,
 };
 
+use plugin_api::fields::{self, Object};
 use plugin_api::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -172,48 +173,17 @@ fn store_error(e: StoreError) -> PluginError {
     }
 }
 
-fn op<'a>(data: &'a Value, default: &'a str, expected: &str) -> Result<&'a str, PluginError> {
-    if !data.is_object() && !data.is_null() {
-        return Err(PluginError::invalid_request(format!(
-            "the request data must be a JSON object; expected {expected}"
-        )));
-    }
-    match data.get("op") {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::String(op)) => Ok(op),
-        Some(_) => Err(PluginError::invalid_request(format!(
-            "`op` must be a string; expected {expected}"
-        ))),
-    }
-}
-
-fn key_field<'a>(data: &'a Value, field: &str, expected: &str) -> Result<&'a str, PluginError> {
-    let value = data
-        .get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| PluginError::invalid_request(format!("missing or non-string `{field}`; expected {expected}")))?;
+fn key_field<'a>(data: &'a Object, field: &str, expected: &str) -> Result<&'a str, PluginError> {
+    let value = fields::string(data, field, expected)?;
     store::check_key(field, value).map_err(store_error)?;
     Ok(value)
 }
 
-fn u64_field(data: &Value, field: &str, expected: &str) -> Result<Option<u64>, PluginError> {
-    match data.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            PluginError::invalid_request(format!("`{field}` must be a non-negative integer; expected {expected}"))
-        }),
-    }
+fn state_field(data: &Object, field: &str, expected: &str) -> Result<TaskState, PluginError> {
+    fields::string(data, field, expected)?.parse().map_err(store_error)
 }
 
-fn state_field(data: &Value, field: &str, expected: &str) -> Result<TaskState, PluginError> {
-    data.get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| PluginError::invalid_request(format!("missing or non-string `{field}`; expected {expected}")))?
-        .parse()
-        .map_err(store_error)
-}
-
-fn string_list(data: &Value, field: &str, expected: &str) -> Result<Option<Vec<String>>, PluginError> {
+fn string_list(data: &Object, field: &str, expected: &str) -> Result<Option<Vec<String>>, PluginError> {
     match data.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
@@ -237,6 +207,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or_else(|e| json!({"error": format!("cannot encode the answer: {e}")}))
 }
 
+/// For the `match` over an op that [`fields::op`] has already checked against its list.
 fn unknown_op(op: &str, expected: &str) -> PluginError {
     PluginError::invalid_request(format!("unknown op `{op}`; expected {expected}"))
 }
@@ -261,7 +232,9 @@ impl SharedStatePlugin {
 
     async fn atomic_updates(shared: &Shared, data: &Value) -> Result<Value, PluginError> {
         const EXPECTED: &str = "{\"op\": \"get\", \"key\"} or {\"op\": \"cas\", \"key\", \"expected_version\", \"value\"} or {\"op\": \"delete\", \"key\", \"expected_version\"} or {\"op\": \"transition\", \"task_id\", \"from\", \"to\"}";
-        match op(data, "get", EXPECTED)? {
+        let empty = Object::new();
+        let data = fields::object(data, &empty, EXPECTED)?;
+        match fields::op(data, &["get", "cas", "delete", "transition"], EXPECTED)? {
             "get" => {
                 let key = key_field(data, "key", EXPECTED)?;
                 let current = shared.store.get(key).await.map_err(store_error)?;
@@ -274,7 +247,7 @@ impl SharedStatePlugin {
                         "`{key}` holds a task state: change it with {{\"op\": \"transition\"}}, which keeps to the state machine"
                     )));
                 }
-                let expected_version = u64_field(data, "expected_version", EXPECTED)?.ok_or_else(|| {
+                let expected_version = fields::opt_u64(data, "expected_version", EXPECTED)?.ok_or_else(|| {
                     PluginError::invalid_request(format!(
                         "missing `expected_version` (0 creates the key); expected {EXPECTED}"
                     ))
@@ -303,7 +276,7 @@ impl SharedStatePlugin {
                         "`{key}` holds a task state: it moves only with {{\"op\": \"transition\"}} (a deleted state would read as pending)"
                     )));
                 }
-                let expected_version = u64_field(data, "expected_version", EXPECTED)?.ok_or_else(|| {
+                let expected_version = fields::opt_u64(data, "expected_version", EXPECTED)?.ok_or_else(|| {
                     PluginError::invalid_request(format!("missing `expected_version`; expected {EXPECTED}"))
                 })?;
                 let outcome = shared.store.delete(key, expected_version).await.map_err(store_error)?;
@@ -325,7 +298,7 @@ impl SharedStatePlugin {
         }
     }
 
-    fn candidates(shared: &Shared, data: &Value, expected: &str) -> Result<Vec<String>, PluginError> {
+    fn candidates(shared: &Shared, data: &Object, expected: &str) -> Result<Vec<String>, PluginError> {
         Ok(match string_list(data, "available_agents", expected)? {
             Some(agents) => agents,
             None => {
@@ -344,17 +317,11 @@ impl SharedStatePlugin {
 
     async fn real_time_balancing(shared: &Shared, data: &Value) -> Result<IntegrationResponse, PluginError> {
         const EXPECTED: &str = "{\"op\": \"pick\", \"available_agents\"?, \"acquire\"?} or {\"op\": \"acquire\" | \"release\", \"agent_id\"} or {\"op\": \"loads\", \"available_agents\"?}";
-        let answer = match op(data, "pick", EXPECTED)? {
+        let empty = Object::new();
+        let data = fields::object(data, &empty, EXPECTED)?;
+        let answer = match fields::op(data, &["pick", "acquire", "release", "loads"], EXPECTED)? {
             "pick" => {
-                let acquire = match data.get("acquire") {
-                    None | Some(Value::Null) => false,
-                    Some(Value::Bool(b)) => *b,
-                    Some(_) => {
-                        return Err(PluginError::invalid_request(format!(
-                            "`acquire` must be a boolean; expected {EXPECTED}"
-                        )));
-                    }
-                };
+                let acquire = fields::opt_bool(data, "acquire", EXPECTED)?.unwrap_or(false);
                 let candidates = Self::candidates(shared, data, EXPECTED)?;
                 match shared
                     .store
@@ -387,7 +354,7 @@ impl SharedStatePlugin {
         Ok(IntegrationResponse::ok(answer))
     }
 
-    fn queue(shared: &Shared, data: &Value, expected: &str) -> Result<TaskQueue, PluginError> {
+    fn queue(shared: &Shared, data: &Object, expected: &str) -> Result<TaskQueue, PluginError> {
         let name = key_field(data, "queue", expected)?;
         let redis = shared.redis.as_ref().ok_or_else(|| {
             PluginError::invalid_request(
@@ -399,7 +366,19 @@ impl SharedStatePlugin {
 
     async fn workflow_tracking(shared: &Shared, data: &Value) -> Result<Value, PluginError> {
         const EXPECTED: &str = "{\"op\": \"progress\", \"workflow_id\"} or {\"op\": \"define\", \"workflow_id\", \"tasks\"} or {\"op\": \"update\", \"workflow_id\", \"task_id\", \"state\"} or a queue op (enqueue, take, ack, dead_letters, queue_stats) with \"queue\"";
-        match op(data, "progress", EXPECTED)? {
+        let empty = Object::new();
+        let data = fields::object(data, &empty, EXPECTED)?;
+        let ops = [
+            "progress",
+            "define",
+            "update",
+            "enqueue",
+            "take",
+            "ack",
+            "dead_letters",
+            "queue_stats",
+        ];
+        match fields::op(data, &ops, EXPECTED)? {
             "progress" => {
                 let workflow = key_field(data, "workflow_id", EXPECTED)?;
                 Ok(to_json(
@@ -463,10 +442,10 @@ impl SharedStatePlugin {
             "take" => {
                 let queue = Self::queue(shared, data, EXPECTED)?;
                 let consumer = key_field(data, "consumer", EXPECTED)?;
-                let count = u64_field(data, "count", EXPECTED)?.unwrap_or(1);
+                let count = fields::opt_u64(data, "count", EXPECTED)?.unwrap_or(1);
                 // Well inside the host's call timeout: a take the host gave up on may still have
                 // taken tasks, which would then wait out `claim_idle`.
-                let wait_ms = u64_field(data, "wait_ms", EXPECTED)?.unwrap_or(0).min(1_000);
+                let wait_ms = fields::opt_u64(data, "wait_ms", EXPECTED)?.unwrap_or(0).min(1_000);
                 let taken = queue
                     .take(
                         consumer,
@@ -484,7 +463,7 @@ impl SharedStatePlugin {
             }
             "dead_letters" => {
                 let queue = Self::queue(shared, data, EXPECTED)?;
-                let limit = u64_field(data, "limit", EXPECTED)?.unwrap_or(100).min(10_000) as usize;
+                let limit = fields::opt_u64(data, "limit", EXPECTED)?.unwrap_or(100).min(10_000) as usize;
                 Ok(json!({"tasks": queue.dead_letters(limit).await.map_err(store_error)?}))
             }
             "queue_stats" => {
