@@ -300,6 +300,52 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// The dynamic library of `package`'s cdylib example target `example`, for a test that loads
+/// a plugin the way a host would. Call it from an integration test run by `cargo test`: the
+/// examples are built beside the test binary then, and the path is returned at once. Run any
+/// other way, it builds the example with cargo into a target directory of its own (`plugin-libs`
+/// beside the test's), so that it never waits on the lock of the cargo running the test.
+///
+/// ```no_run
+/// let path = plugin_api::testkit::example_library("plugin-security", "security_plugin")?;
+/// # Ok::<(), String>(())
+/// ```
+pub fn example_library(package: &str, example: &str) -> Result<std::path::PathBuf, String> {
+    let file = format!(
+        "{}{example}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or_else(|| format!("{} is not in a cargo target directory", exe.display()))?;
+    let beside = profile_dir.join("examples").join(&file);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let target = profile_dir
+        .parent()
+        .ok_or_else(|| format!("{} has no target directory", profile_dir.display()))?
+        .join("plugin-libs");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--example", example, "--target-dir"])
+        .arg(&target)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building {package}'s example {example} failed"));
+    }
+    let built = target.join("debug").join("examples").join(&file);
+    if built.is_file() {
+        Ok(built)
+    } else {
+        Err(format!("{} was not built", built.display()))
+    }
+}
+
 /// A future that completes after `duration`, timed by a plain thread.
 fn thread_sleep(duration: Duration) -> BoxFuture<'static, ()> {
     #[derive(Default)]

@@ -187,30 +187,7 @@ pub fn plugin_library(package: &str) -> std::path::PathBuf {
 }
 
 /// The path of a plugin library built as a `cdylib` example target of a workspace package
-/// (`target/<profile>/examples/lib<example>.so`), building it when it is missing, as
-/// [`plugin_library`] does.
+/// (see `plugin_api::testkit::example_library`).
 pub fn plugin_example_library(package: &str, example: &str) -> std::path::PathBuf {
-    let file = format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        example,
-        std::env::consts::DLL_SUFFIX
-    );
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-    let candidate = profile_dir.join("examples").join(&file);
-    if candidate.is_file() {
-        return candidate;
-    }
-    let target = profile_dir.parent().expect("target dir").join("plugin-libs");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", package, "--example", example, "--target-dir"])
-        .arg(&target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building {package}'s {example} failed");
-    let built = target.join("debug").join("examples").join(&file);
-    assert!(built.is_file(), "{} was not built", built.display());
-    built
+    orchestrator::plugin_api::testkit::example_library(package, example).expect("the example library")
 }

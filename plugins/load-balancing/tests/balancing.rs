@@ -1108,38 +1108,7 @@ async fn bad_configuration_is_refused_naming_the_key() {
 }
 
 fn library() -> PathBuf {
-    let file = format!(
-        "{}load_balancing_plugin{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-    let candidate = profile_dir.join("examples").join(&file);
-    if candidate.is_file() {
-        return candidate; // `cargo test` builds the examples beside the tests
-    }
-    // Run some other way: build it into a target directory of its own, so that this cargo does
-    // not wait on the lock of the one running the test.
-    let target = profile_dir.parent().expect("target dir").join("plugin-libs");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "plugin-load-balancing",
-            "--example",
-            "load_balancing_plugin",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the load_balancing_plugin example failed");
-    let built = target.join("debug").join("examples").join(&file);
-    assert!(built.is_file(), "{} was not built", built.display());
-    built
+    plugin_api::testkit::example_library("plugin-load-balancing", "load_balancing_plugin").expect("the example library")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
