@@ -10,13 +10,28 @@
 //! The hot path takes one lock-free registry snapshot, clones the request only when another
 //! option remains after the current one, and allocates nothing else of its own beyond the
 //! correlation id when the caller gave none.
+//!
+//! Operation feeds (see [`plugin_api::operation`]) ride on the same snapshot: when a plugin
+//! intercepts dispatches, it is asked before any provider; when one observes them, it hears
+//! the outcome and the duration after. With no such plugin, neither the clock nor an
+//! [`Operation`] is touched.
+//!
+//! The span follows OpenTelemetry's GenAI conventions where they fit: a capability call is a
+//! tool call, so the span is `execute_tool` with `gen_ai.operation.name`, `gen_ai.tool.name`
+//! (the capability) and `gen_ai.agent.id` (when the request names an agent), beside the
+//! `correlation_id`.
 
 use crate::error::{DispatchError, FailedAttempt, OrchestratorError, ProviderFailure};
+use crate::feeds;
 use crate::guard::guarded;
 use crate::ids::new_correlation_id;
 use crate::legacy;
 use crate::orchestrator::Inner;
-use plugin_api::{IntegrationRequest, IntegrationResponse, OrchestratorEvent};
+use crate::registry::{Feeds, Route};
+use plugin_api::{
+    IntegrationRequest, IntegrationResponse, Operation, OperationKind, OperationOutcome, OrchestratorEvent,
+};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tracing::Instrument;
 
@@ -36,25 +51,112 @@ pub(crate) async fn execute(
         }
     };
     let span = tracing::info_span!(
-        "dispatch",
+        "execute_tool",
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = %request.capability,
+        gen_ai.agent.id = request.agent_id.as_deref(),
         capability = %request.capability,
         correlation_id = %correlation_id,
     );
-    dispatch(inner, request, correlation_id).instrument(span).await
+    let (route, enabled, feeds) = {
+        let snapshot = inner.registry.snapshot();
+        let fed = snapshot.feeds.observes(OperationKind::Dispatch)
+            || snapshot.feeds.intercepts(OperationKind::Dispatch)
+            || snapshot.feeds.observes(OperationKind::ProviderFailure);
+        (
+            snapshot.routes.get(&request.capability).cloned(),
+            snapshot.is_enabled(&request.capability),
+            fed.then(|| Arc::clone(&snapshot.feeds)),
+        )
+    };
+    match feeds {
+        None => {
+            dispatch(inner, request, correlation_id, route, enabled, None)
+                .instrument(span)
+                .await
+        }
+        Some(feeds) => {
+            dispatch_fed(inner, request, correlation_id, route, enabled, &feeds)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// [`dispatch`] with the operation feeds: interceptors before, observers after.
+async fn dispatch_fed(
+    inner: &Inner,
+    request: IntegrationRequest,
+    correlation_id: String,
+    route: Option<Arc<Route>>,
+    enabled: bool,
+    feeds: &Feeds,
+) -> Result<IntegrationResponse, OrchestratorError> {
+    let started = inner.clock.monotonic_ns();
+    let observe = feeds.observes(OperationKind::Dispatch);
+    if feeds.intercepts(OperationKind::Dispatch) {
+        let mut asked = Operation::new(OperationKind::Dispatch, correlation_id.as_str())
+            .with_capability(request.capability.as_str())
+            .with_details(&request.data)
+            .with_at_ns(started);
+        if let Some(agent) = &request.agent_id {
+            asked = asked.with_agent(agent.as_str());
+        }
+        if let Err(veto) = feeds::intercept(feeds, inner.call_timeout, &asked).await {
+            tracing::info!(plugin = %veto.plugin, reason = %veto.reason, "call vetoed");
+            if observe {
+                let now = inner.clock.monotonic_ns();
+                let mut op = asked
+                    .with_outcome(OperationOutcome::Vetoed)
+                    .with_plugin(veto.plugin.as_str())
+                    .with_error(veto.reason.as_str())
+                    .with_duration_ns(now.saturating_sub(started))
+                    .with_at_ns(now);
+                op.details = None;
+                feeds::observe(feeds, &op);
+            }
+            return Err(DispatchError::Vetoed {
+                capability: request.capability,
+                plugin: veto.plugin,
+                reason: veto.reason,
+            }
+            .into());
+        }
+    }
+    if !observe {
+        return dispatch(inner, request, correlation_id, route, enabled, Some(feeds)).await;
+    }
+    // What the observers need once the request has moved into the call.
+    let capability = request.capability.clone();
+    let agent = request.agent_id.clone();
+    let failed_correlation_id = correlation_id.clone();
+    let result = dispatch(inner, request, correlation_id, route, enabled, Some(feeds)).await;
+    let now = inner.clock.monotonic_ns();
+    let mut op = match &result {
+        Ok(response) => Operation::new(OperationKind::Dispatch, response.correlation_id.as_str())
+            .with_plugin(response.served_by.as_str())
+            .with_fallback(response.fallback)
+            .with_outcome(OperationOutcome::Succeeded),
+        Err(error) => Operation::new(OperationKind::Dispatch, failed_correlation_id.as_str())
+            .with_outcome(OperationOutcome::Failed)
+            .with_error(error.to_string()),
+    }
+    .with_capability(capability.as_str())
+    .with_duration_ns(now.saturating_sub(started))
+    .with_at_ns(now);
+    op.agent_id = agent.as_deref().map(Into::into);
+    feeds::observe(feeds, &op);
+    result
 }
 
 async fn dispatch(
     inner: &Inner,
     request: IntegrationRequest,
     correlation_id: String,
+    route: Option<Arc<Route>>,
+    enabled: bool,
+    feeds: Option<&Feeds>,
 ) -> Result<IntegrationResponse, OrchestratorError> {
-    let (route, enabled) = {
-        let snapshot = inner.registry.snapshot();
-        (
-            snapshot.routes.get(&request.capability).cloned(),
-            snapshot.is_enabled(&request.capability),
-        )
-    };
     let legacy_available = inner.legacy_mode && legacy::serves(&request.capability);
     let route = match route {
         Some(route) if enabled => route,
@@ -134,6 +236,21 @@ async fn dispatch(
             }
         };
         tracing::warn!(plugin = %slot.name, %failure, "provider failed; falling back");
+        if let Some(feeds) = feeds.filter(|f| f.observes(OperationKind::ProviderFailure)) {
+            let outcome = match &failure {
+                ProviderFailure::Timeout { .. } => OperationOutcome::TimedOut,
+                ProviderFailure::Panic { .. } => OperationOutcome::Panicked,
+                _ => OperationOutcome::Failed,
+            };
+            let reason = failure.to_string();
+            let op = Operation::new(OperationKind::ProviderFailure, correlation_id.as_str())
+                .with_capability(&*route.capability)
+                .with_plugin(&*slot.name)
+                .with_outcome(outcome)
+                .with_error(reason.as_str())
+                .with_at_ns(inner.clock.monotonic_ns());
+            feeds::observe(feeds, &op);
+        }
         inner.events.emit(OrchestratorEvent::CapabilityFallback {
             capability: route.capability.to_string(),
             plugin: slot.name.to_string(),

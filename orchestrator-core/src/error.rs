@@ -139,6 +139,25 @@ pub enum AgentError {
         /// Why it is not acceptable.
         reason: String,
     },
+    /// An interceptor (see `plugin_api::operation`) refused the registration; no agent was
+    /// registered.
+    #[error("registration refused by {plugin}: {reason}")]
+    RegistrationVetoed {
+        /// The plugin that refused.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// An interceptor refused the task before it started; the agent's load is unchanged.
+    #[error("task on agent `{id}` refused by {plugin}: {reason}")]
+    TaskVetoed {
+        /// The agent.
+        id: AgentId,
+        /// The plugin that refused.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
     /// The agent executor failed or panicked.
     #[error("agent `{id}` failed its task: {message}")]
     ExecutionFailed {
@@ -283,6 +302,16 @@ pub enum DispatchError {
     CapabilityDisabled {
         /// The capability.
         capability: String,
+    },
+    /// An interceptor (see `plugin_api::operation`) refused the call before any provider saw it.
+    #[error("call to `{capability}` refused by {plugin}: {reason}")]
+    Vetoed {
+        /// The capability.
+        capability: String,
+        /// The plugin that refused.
+        plugin: String,
+        /// Its reason.
+        reason: String,
     },
     /// The request was malformed for this capability: the caller's fault, so no fallback.
     #[error("invalid request for `{capability}` (answered by {plugin}): {message}")]

@@ -14,8 +14,8 @@ use crate::dispatch;
 use crate::error::{AgentError, DispatchError, OrchestratorError};
 use crate::orchestrator::Inner;
 use plugin_api::{
-    AgentInfo, AgentLoad, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse, OrchestratorEvent,
-    PluginError,
+    AgentInfo, AgentLoad, AgentStatus, BoxFuture, Host, IntegrationRequest, IntegrationResponse, Interests,
+    OrchestratorEvent, PluginError,
 };
 use serde_json::Value;
 use std::sync::Weak;
@@ -154,6 +154,12 @@ impl Host for CoreHost {
                 Box::pin(tokio::time::sleep(duration))
             }
             None => Box::pin(std::future::ready(())),
+        }
+    }
+
+    fn set_interests(&self, plugin: &str, interests: Interests) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.registry.set_interests(plugin, interests);
         }
     }
 }

@@ -15,6 +15,7 @@ mod dispatch;
 mod error;
 mod events;
 mod executor;
+mod feeds;
 mod guard;
 mod host;
 mod ids;

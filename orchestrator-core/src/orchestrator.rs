@@ -11,6 +11,7 @@ use crate::dispatch;
 use crate::error::{AgentError, ConfigError, LoadError, OrchestratorError, RegistryError};
 use crate::events::EventBus;
 use crate::executor::{AgentExecutor, DryRunExecutor, ExecutionContext};
+use crate::feeds;
 use crate::guard::{contained, guarded};
 use crate::host::CoreHost;
 use crate::ids::new_correlation_id;
@@ -21,8 +22,8 @@ use crate::registry::{
 };
 use crate::{AgentId, Task};
 use plugin_api::{
-    AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin,
-    OrchestratorEvent, is_valid_capability_name,
+    AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, Interests, Operation,
+    OperationKind, OperationOutcome, OrchestrationPlugin, OrchestratorEvent, is_valid_capability_name,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The default bound on one provider call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -71,22 +73,31 @@ impl Inner {
             .ok_or_else(|| AgentError::NotFound { id: id.into() })?;
         let from = entry.swap_status(status);
         if from != status {
-            self.events.emit(OrchestratorEvent::AgentStatusChanged {
-                agent_id: id.to_owned(),
-                from,
-                to: status,
-            });
+            self.status_changed(id, from, status);
         }
         Ok(())
     }
 
     fn transition(&self, entry: &crate::agents::AgentEntry, from: AgentStatus, to: AgentStatus) {
         if entry.transition(from, to) {
-            self.events.emit(OrchestratorEvent::AgentStatusChanged {
-                agent_id: entry.id.to_string(),
-                from,
-                to,
-            });
+            self.status_changed(entry.id.as_str(), from, to);
+        }
+    }
+
+    fn status_changed(&self, id: &str, from: AgentStatus, to: AgentStatus) {
+        self.events.emit(OrchestratorEvent::AgentStatusChanged {
+            agent_id: id.to_owned(),
+            from,
+            to,
+        });
+        let snapshot = self.registry.snapshot();
+        if snapshot.feeds.observes(OperationKind::AgentStatusChange) {
+            let op = Operation::new(OperationKind::AgentStatusChange, "")
+                .with_agent(id)
+                .with_status(from, to)
+                .with_outcome(OperationOutcome::Succeeded)
+                .with_at_ns(self.clock.monotonic_ns());
+            feeds::observe(&snapshot.feeds, &op);
         }
     }
 }
@@ -142,10 +153,47 @@ impl Orchestrator {
     ) -> impl Future<Output = Result<AgentId, OrchestratorError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         async move {
+            let feeds = {
+                let snapshot = inner.registry.snapshot();
+                let fed = snapshot.feeds.observes(OperationKind::AgentRegistration)
+                    || snapshot.feeds.intercepts(OperationKind::AgentRegistration);
+                fed.then(|| Arc::clone(&snapshot.feeds))
+            };
+            let Some(feeds) = feeds else {
+                let entry = inner.agents.register(config)?;
+                inner.events.emit(OrchestratorEvent::AgentRegistered {
+                    agent_id: entry.id.to_string(),
+                });
+                return Ok(entry.id.clone());
+            };
+            let started = inner.clock.monotonic_ns();
+            if feeds.intercepts(OperationKind::AgentRegistration) {
+                let details = serde_json::to_value(&config).unwrap_or(Value::Null);
+                let mut asked = Operation::new(OperationKind::AgentRegistration, "")
+                    .with_details(&details)
+                    .with_at_ns(started);
+                asked.agent_id = config.id.as_ref().map(|id| id.as_str().into());
+                if let Err(veto) = feeds::intercept(&feeds, inner.call_timeout, &asked).await {
+                    return Err(AgentError::RegistrationVetoed {
+                        plugin: veto.plugin,
+                        reason: veto.reason,
+                    }
+                    .into());
+                }
+            }
             let entry = inner.agents.register(config)?;
             inner.events.emit(OrchestratorEvent::AgentRegistered {
                 agent_id: entry.id.to_string(),
             });
+            if feeds.observes(OperationKind::AgentRegistration) {
+                let now = inner.clock.monotonic_ns();
+                let op = Operation::new(OperationKind::AgentRegistration, "")
+                    .with_agent(entry.id.as_str())
+                    .with_outcome(OperationOutcome::Succeeded)
+                    .with_duration_ns(now.saturating_sub(started))
+                    .with_at_ns(now);
+                feeds::observe(&feeds, &op);
+            }
             Ok(entry.id.clone())
         }
     }
@@ -305,7 +353,7 @@ impl Orchestrator {
             .snapshot()
             .plugins
             .values()
-            .map(|s| s.info())
+            .map(|s| s.info(self.inner.registry.interests_of(&s.name)))
             .collect()
     }
 
@@ -381,7 +429,11 @@ impl Orchestrator {
             })
             .collect();
         Catalog {
-            plugins: snapshot.plugins.values().map(|s| s.info()).collect(),
+            plugins: snapshot
+                .plugins
+                .values()
+                .map(|s| s.info(self.inner.registry.interests_of(&s.name)))
+                .collect(),
             capabilities,
             legacy_mode,
             agent_count: self.inner.agents.len(),
@@ -523,6 +575,18 @@ pub(crate) async fn register(
     // Refuse early, before running the plugin's initializer, when it could not be inserted.
     inner.registry.check_insert(&slot, options.replace)?;
 
+    // The plugin's interests are recorded before its initializer runs, which may change them.
+    // (During a hot swap they apply to the plugin being replaced meanwhile; on failure the
+    // previous ones come back.)
+    let previous_interests = inner.registry.interests_of(&name);
+    let interests =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| slot.plugin.interests())).unwrap_or(Interests::NONE);
+    inner.registry.set_interests(&name, interests);
+    let restore_interests = || {
+        inner.registry.set_interests(&name, previous_interests);
+        inner.registry.forget_interests_unless_registered(&name);
+    };
+
     let handle = HostHandle::new(name.as_str(), inner.host.clone());
     let initialized = guarded(inner.call_timeout, || slot.plugin.initialize(handle)).await;
     let reason = match initialized {
@@ -531,6 +595,7 @@ pub(crate) async fn register(
         Err(failure) => Some(failure.to_string()),
     };
     if let Some(reason) = reason {
+        restore_interests();
         return Err(RegistryError::InitializeFailed { plugin: name, reason }.into());
     }
     slot.set_health(check_health(&slot.plugin, inner.call_timeout).await);
@@ -540,6 +605,7 @@ pub(crate) async fn register(
         Err(conflict) => {
             // Registered concurrently by someone else meanwhile: undo our initialization.
             let _ = guarded(inner.call_timeout, || slot.plugin.shutdown()).await;
+            restore_interests();
             return Err(conflict.into());
         }
     };
@@ -810,11 +876,29 @@ impl Drop for RunningTask<'_> {
     }
 }
 
+/// Runs a task on an agent in an `invoke_agent` span (OpenTelemetry's GenAI name for an agent
+/// doing work), with `gen_ai.agent.id` and the correlation id.
 pub(crate) async fn run_agent_task(
     inner: &Inner,
     agent: &AgentId,
     data: Value,
     correlation_id: Option<String>,
+) -> Result<Value, OrchestratorError> {
+    let correlation_id = correlation_id.unwrap_or_else(new_correlation_id);
+    let span = tracing::info_span!(
+        "invoke_agent",
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.agent.id = %agent,
+        correlation_id = %correlation_id,
+    );
+    run_task(inner, agent, data, correlation_id).instrument(span).await
+}
+
+async fn run_task(
+    inner: &Inner,
+    agent: &AgentId,
+    data: Value,
+    correlation_id: String,
 ) -> Result<Value, OrchestratorError> {
     let entry = inner
         .agents
@@ -828,7 +912,6 @@ pub(crate) async fn run_agent_task(
         }
         .into());
     }
-    let correlation_id = correlation_id.unwrap_or_else(new_correlation_id);
     let description = ["task_description", "description"]
         .iter()
         .find_map(|key| data.get(*key).and_then(Value::as_str));
@@ -843,7 +926,42 @@ pub(crate) async fn run_agent_task(
         None => None,
     };
 
+    let feeds = {
+        let snapshot = inner.registry.snapshot();
+        let fed = snapshot.feeds.intercepts(OperationKind::TaskStart)
+            || snapshot.feeds.observes(OperationKind::TaskStart)
+            || snapshot.feeds.observes(OperationKind::TaskFinish);
+        fed.then(|| Arc::clone(&snapshot.feeds))
+    };
+    let task_kind = data.get("kind").and_then(Value::as_str).map(str::to_owned);
+    let started = feeds.as_ref().map_or(0, |_| inner.clock.monotonic_ns());
+    let task_operation = |kind: OperationKind| {
+        let mut op = Operation::new(kind, correlation_id.clone()).with_agent(agent.as_str().to_owned());
+        op.task_kind = task_kind.clone().map(Into::into);
+        op
+    };
+    if let Some(feeds) = feeds.as_ref().filter(|f| f.intercepts(OperationKind::TaskStart)) {
+        let asked = task_operation(OperationKind::TaskStart)
+            .with_details(&data)
+            .with_at_ns(started);
+        if let Err(veto) = feeds::intercept(feeds, inner.call_timeout, &asked).await {
+            return Err(AgentError::TaskVetoed {
+                id: agent.clone(),
+                plugin: veto.plugin,
+                reason: veto.reason,
+            }
+            .into());
+        }
+    }
+
     let running = RunningTask::start(inner, entry);
+    if let Some(feeds) = feeds.as_ref().filter(|f| f.observes(OperationKind::TaskStart)) {
+        feeds::observe(feeds, &task_operation(OperationKind::TaskStart).with_at_ns(started));
+    }
+    let finish = feeds
+        .as_ref()
+        .filter(|f| f.observes(OperationKind::TaskFinish))
+        .map(|_| task_operation(OperationKind::TaskFinish));
     let context = ExecutionContext {
         agent: running.entry.snapshot(),
         data,
@@ -853,6 +971,19 @@ pub(crate) async fn run_agent_task(
     let executor = Arc::clone(&inner.executor);
     let outcome = contained(|| executor.execute(context)).await;
     drop(running);
+    if let (Some(feeds), Some(op)) = (feeds.as_ref(), finish) {
+        let now = inner.clock.monotonic_ns();
+        let op = match &outcome {
+            Ok(Ok(_)) => op.with_outcome(OperationOutcome::Succeeded),
+            Ok(Err(error)) => op
+                .with_outcome(OperationOutcome::Failed)
+                .with_error(error.message.clone()),
+            Err(failure) => op
+                .with_outcome(OperationOutcome::Panicked)
+                .with_error(failure.to_string()),
+        };
+        feeds::observe(feeds, &op.with_duration_ns(now.saturating_sub(started)).with_at_ns(now));
+    }
     match outcome {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(error)) => Err(AgentError::ExecutionFailed {

@@ -7,13 +7,19 @@
 //! snapshot, which is what `ArcSwap::rcu` gives, while letting a writer refuse an update with an
 //! error (a conflict) instead of retrying a closure.
 //!
+//! The snapshot also holds the operation feeds ([`Feeds`]): which plugins observe or intercept
+//! which kinds of operation, in priority order. Dispatch reads them from the snapshot it loads
+//! anyway, so a registry where nobody asked for a feed costs the hot path one empty check.
+//! Interests are kept by plugin name beside the snapshot, because a plugin may change them from
+//! its `initialize`, before its slot is in the registry.
+//!
 //! A capability never changes hands silently: a second provider needs an explicit priority
 //! different from every existing provider's, and a plugin of the same name needs an explicit
 //! replace.
 
 use crate::error::RegistryError;
 use arc_swap::ArcSwap;
-use plugin_api::{HealthStatus, OrchestrationPlugin};
+use plugin_api::{HealthStatus, Interests, OperationKind, OperationSet, OrchestrationPlugin};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -85,6 +91,8 @@ pub(crate) struct PluginStats {
     pub(crate) errors: AtomicU64,
     pub(crate) panics: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    /// Panics and timeouts of its `observe` and `intercept` (never fatal to the operation).
+    pub(crate) feed_failures: AtomicU64,
 }
 
 /// One registered plugin and its bookkeeping.
@@ -166,7 +174,7 @@ impl PluginSlot {
         *lock(&self.health) = Some(health);
     }
 
-    pub(crate) fn info(&self) -> PluginInfo {
+    pub(crate) fn info(&self, interests: Interests) -> PluginInfo {
         PluginInfo {
             name: self.name.to_string(),
             version: self.version.clone(),
@@ -178,6 +186,8 @@ impl PluginSlot {
             errors: self.stats.errors.load(Ordering::Relaxed),
             panics: self.stats.panics.load(Ordering::Relaxed),
             timeouts: self.stats.timeouts.load(Ordering::Relaxed),
+            feed_failures: self.stats.feed_failures.load(Ordering::Relaxed),
+            interests,
         }
     }
 }
@@ -205,6 +215,49 @@ pub(crate) struct Route {
     pub(crate) providers: Vec<Arc<PluginSlot>>,
 }
 
+/// Who observes and who intercepts which kinds of operation, highest priority first.
+#[derive(Default)]
+pub(crate) struct Feeds {
+    pub(crate) observers: Vec<(OperationSet, Arc<PluginSlot>)>,
+    pub(crate) interceptors: Vec<(OperationSet, Arc<PluginSlot>)>,
+    observed: OperationSet,
+    intercepted: OperationSet,
+}
+
+impl Feeds {
+    fn build(plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>, interests: &HashMap<Arc<str>, Interests>) -> Self {
+        let mut slots: Vec<&Arc<PluginSlot>> = plugins.values().collect();
+        slots.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+        let mut feeds = Feeds::default();
+        for slot in slots {
+            let Some(wants) = interests.get(&slot.name) else {
+                continue;
+            };
+            if !wants.observe.is_empty() {
+                feeds.observers.push((wants.observe, Arc::clone(slot)));
+                feeds.observed = wants.observe.iter().fold(feeds.observed, OperationSet::with);
+            }
+            if !wants.intercept.is_empty() {
+                feeds.interceptors.push((wants.intercept, Arc::clone(slot)));
+                feeds.intercepted = wants.intercept.iter().fold(feeds.intercepted, OperationSet::with);
+            }
+        }
+        feeds
+    }
+
+    /// Whether some plugin observes `kind`.
+    #[inline]
+    pub(crate) fn observes(&self, kind: OperationKind) -> bool {
+        self.observed.contains(kind)
+    }
+
+    /// Whether some plugin intercepts `kind`.
+    #[inline]
+    pub(crate) fn intercepts(&self, kind: OperationKind) -> bool {
+        self.intercepted.contains(kind)
+    }
+}
+
 /// The registry's state at one point in time.
 #[derive(Default)]
 pub(crate) struct Snapshot {
@@ -213,6 +266,8 @@ pub(crate) struct Snapshot {
     pub(crate) routes: HashMap<String, Arc<Route>>,
     /// Capabilities switched off. Kept even while no plugin provides them.
     pub(crate) disabled: BTreeSet<String>,
+    /// The operation feeds.
+    pub(crate) feeds: Arc<Feeds>,
 }
 
 impl Snapshot {
@@ -251,7 +306,8 @@ impl Snapshot {
 #[derive(Default)]
 pub(crate) struct CapabilityRegistry {
     current: ArcSwap<Snapshot>,
-    writer: Mutex<()>,
+    /// Serializes writers, and holds each plugin's interests by name.
+    writer: Mutex<HashMap<Arc<str>, Interests>>,
 }
 
 impl CapabilityRegistry {
@@ -276,34 +332,39 @@ impl CapabilityRegistry {
         slot: Arc<PluginSlot>,
         replace: bool,
     ) -> Result<Option<Arc<PluginSlot>>, RegistryError> {
-        let _writer = lock(&self.writer);
+        let interests = lock(&self.writer);
         let old = self.current.load_full();
         check_insert(&old, &slot, replace)?;
         let mut plugins = old.plugins.clone();
         let replaced = plugins.insert(Arc::clone(&slot.name), slot);
         let routes = Snapshot::rebuild_routes(&plugins);
+        let feeds = Arc::new(Feeds::build(&plugins, &interests));
         self.current.store(Arc::new(Snapshot {
             plugins,
             routes,
             disabled: old.disabled.clone(),
+            feeds,
         }));
         Ok(replaced)
     }
 
     /// Removes the plugin named `name`; returns it.
     pub(crate) fn remove(&self, name: &str) -> Result<Arc<PluginSlot>, RegistryError> {
-        let _writer = lock(&self.writer);
+        let mut interests = lock(&self.writer);
         let old = self.current.load_full();
         let mut plugins = old.plugins.clone();
         let removed = plugins.remove(name).ok_or_else(|| RegistryError::PluginNotFound {
             name: name.to_owned(),
             known: old.plugins.keys().map(|k| k.to_string()).collect(),
         })?;
+        interests.remove(name);
         let routes = Snapshot::rebuild_routes(&plugins);
+        let feeds = Arc::new(Feeds::build(&plugins, &interests));
         self.current.store(Arc::new(Snapshot {
             plugins,
             routes,
             disabled: old.disabled.clone(),
+            feeds,
         }));
         Ok(removed)
     }
@@ -335,9 +396,44 @@ impl CapabilityRegistry {
                 plugins: old.plugins.clone(),
                 routes: old.routes.clone(),
                 disabled,
+                feeds: Arc::clone(&old.feeds),
             }));
         }
         Ok(changed)
+    }
+
+    /// Records the operation feeds the plugin named `name` wants, and applies them at once
+    /// when it is registered (otherwise when it is inserted).
+    pub(crate) fn set_interests(&self, name: &str, wants: Interests) {
+        let mut interests = lock(&self.writer);
+        if interests.get(name) == Some(&wants) {
+            return;
+        }
+        interests.insert(Arc::from(name), wants);
+        let old = self.current.load_full();
+        if old.plugins.contains_key(name) {
+            let feeds = Arc::new(Feeds::build(&old.plugins, &interests));
+            self.current.store(Arc::new(Snapshot {
+                plugins: old.plugins.clone(),
+                routes: old.routes.clone(),
+                disabled: old.disabled.clone(),
+                feeds,
+            }));
+        }
+    }
+
+    /// Forgets the interests of `name` unless a plugin of that name is registered (its
+    /// registration failed before insertion).
+    pub(crate) fn forget_interests_unless_registered(&self, name: &str) {
+        let mut interests = lock(&self.writer);
+        if !self.current.load().plugins.contains_key(name) {
+            interests.remove(name);
+        }
+    }
+
+    /// The interests of the plugin named `name`.
+    pub(crate) fn interests_of(&self, name: &str) -> Interests {
+        lock(&self.writer).get(name).copied().unwrap_or_default()
     }
 }
 
@@ -390,6 +486,10 @@ pub struct PluginInfo {
     pub panics: u64,
     /// Requests it did not answer in time.
     pub timeouts: u64,
+    /// Its `observe` or `intercept` panicked or (intercept) timed out; the operation went on.
+    pub feed_failures: u64,
+    /// The operation feeds it receives.
+    pub interests: Interests,
 }
 
 /// What the catalog says about one capability.

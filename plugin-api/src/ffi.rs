@@ -32,7 +32,7 @@
 
 use crate::{
     AgentInfo, AgentLoad, AgentStatus, BoxFuture, HealthStatus, Host, HostHandle, IntegrationRequest,
-    IntegrationResponse, OrchestrationPlugin, OrchestratorEvent, PluginError,
+    IntegrationResponse, Interests, Operation, OrchestrationPlugin, OrchestratorEvent, PluginError, Verdict,
 };
 use abi_stable::library::RootModule;
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -87,6 +87,13 @@ pub trait FfiPlugin: Send + Sync {
     /// Shuts the plugin down.
     #[sabi(last_prefix_field)]
     fn shutdown(&self) -> FfiFuture<()>;
+    /// An `Operation` as JSON, observed (see [`OrchestrationPlugin::observe`]). Added after the
+    /// prefix: the host calls it only on plugins whose manifest declares interests, which a
+    /// plugin built before it existed never does.
+    fn observe(&self, operation: RString);
+    /// An `Operation` as JSON in, a `Verdict` as JSON out (see
+    /// [`OrchestrationPlugin::intercept`]). Added after the prefix, like `observe`.
+    fn intercept(&self, operation: RString) -> FfiFuture<RString>;
 }
 
 /// An owned [`FfiPlugin`] trait object.
@@ -119,6 +126,8 @@ pub trait FfiHost: Send + Sync {
     /// Every agent's id, status and load, as a JSON array of `AgentLoad`. (Added after the
     /// prefix: a plugin built before it existed still loads.)
     fn agent_loads(&self) -> RString;
+    /// Replaces the plugin's operation feeds: `Interests` as JSON. (Added after the prefix.)
+    fn set_interests(&self, interests: RString);
 }
 
 /// A shared [`FfiHost`] trait object.
@@ -140,6 +149,11 @@ pub struct PluginManifest {
     /// its blocking pool (where a call that hangs can be abandoned). Ignored for the stable ABI.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nonblocking: bool,
+    /// Stable ABI only: the operation feeds the plugin wants at registration (see
+    /// [`OrchestrationPlugin::interests`]). Absent in the manifest of a plugin built before
+    /// feeds existed, which therefore never receives them.
+    #[serde(default, skip_serializing_if = "Interests::is_empty")]
+    pub interests: Interests,
 }
 
 // ----- panic containment ------------------------------------------------------------------
@@ -212,6 +226,7 @@ impl<P: OrchestrationPlugin> FfiPlugin for ExportedPlugin<P> {
             version: plugin.version().to_owned(),
             capabilities: plugin.capabilities(),
             nonblocking: false,
+            interests: plugin.interests(),
         }));
         match manifest {
             Ok(m) => match serde_json::to_string(&m) {
@@ -287,6 +302,30 @@ impl<P: OrchestrationPlugin> FfiPlugin for ExportedPlugin<P> {
                 Ok(())
             })
             .await;
+        })
+    }
+
+    fn observe(&self, operation: RString) {
+        // Unreadable (a kind from a newer host) is skipped, like an unknown event.
+        if let Ok(operation) = serde_json::from_str::<Operation<'_>>(&operation) {
+            let plugin = &self.plugin;
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| plugin.observe(&operation)));
+        }
+    }
+
+    fn intercept(&self, operation: RString) -> FfiFuture<RString> {
+        let plugin = Arc::clone(&self.plugin);
+        FfiFuture::new(async move {
+            let verdict = match serde_json::from_str::<Operation<'static>>(&operation) {
+                // A panicking interceptor allows, as the host does for static plugins.
+                Ok(operation) => contained(|| async move { Ok(plugin.intercept(&operation).await) })
+                    .await
+                    .unwrap_or(Verdict::Allow),
+                Err(_) => Verdict::Allow,
+            };
+            serde_json::to_string(&verdict)
+                .unwrap_or_else(|_| r#"{"verdict":"allow"}"#.to_owned())
+                .into()
         })
     }
 }
@@ -393,6 +432,12 @@ impl Host for ForeignHost {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         Box::pin(self.ffi.sleep(nanos))
+    }
+
+    fn set_interests(&self, _plugin: &str, interests: Interests) {
+        if let Ok(json) = serde_json::to_string(&interests) {
+            self.ffi.set_interests(json.into());
+        }
     }
 }
 
@@ -542,6 +587,17 @@ impl FfiHost for HostBridge {
             || FfiFuture::new(self.handle.sleep(Duration::from_nanos(nanos))),
         )
     }
+
+    fn set_interests(&self, interests: RString) {
+        host_side(
+            || (),
+            || {
+                if let Ok(interests) = serde_json::from_str::<Interests>(&interests) {
+                    self.handle.set_interests(interests);
+                }
+            },
+        )
+    }
 }
 
 /// A plugin loaded through the stable ABI, as an ordinary [`OrchestrationPlugin`] for the host.
@@ -623,6 +679,25 @@ impl OrchestrationPlugin for ForeignPlugin {
 
     async fn shutdown(&self) {
         self.ffi.shutdown().await;
+    }
+
+    fn interests(&self) -> Interests {
+        self.manifest.interests
+    }
+
+    fn observe(&self, operation: &Operation<'_>) {
+        // Only plugins that declared interests are observed (see `FfiPlugin::observe`).
+        if let Ok(json) = serde_json::to_string(operation) {
+            self.ffi.observe(json.into());
+        }
+    }
+
+    async fn intercept(&self, operation: &Operation<'_>) -> Verdict {
+        let Ok(json) = serde_json::to_string(operation) else {
+            return Verdict::Allow;
+        };
+        let answer = self.ffi.intercept(json.into()).await;
+        serde_json::from_str(&answer).unwrap_or(Verdict::Allow)
     }
 }
 

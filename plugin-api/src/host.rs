@@ -7,7 +7,8 @@
 //! host instead works the same whether the plugin is linked statically or dynamically.
 
 use crate::{
-    AgentInfo, AgentLoad, AgentStatus, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError,
+    AgentInfo, AgentLoad, AgentStatus, IntegrationRequest, IntegrationResponse, Interests, OrchestratorEvent,
+    PluginError,
 };
 use serde_json::Value;
 use std::fmt;
@@ -51,6 +52,11 @@ pub trait Host: Send + Sync + 'static {
     fn spawn(&self, task: BoxFuture<'static, ()>);
     /// A future that completes after `duration`, driven by the host's timer.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+    /// Replaces the operation feeds `plugin` receives (see [`crate::operation`]). The default
+    /// ignores the request: a host without operation feeds, such as a plugin's test double.
+    fn set_interests(&self, plugin: &str, interests: Interests) {
+        let _ = (plugin, interests);
+    }
 }
 
 /// A plugin's handle on its host: cheap to clone, keep it for the plugin's lifetime.
@@ -157,5 +163,12 @@ impl HostHandle {
     /// Waits for `duration` on the host's timer.
     pub fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         self.host.sleep(duration)
+    }
+
+    /// Replaces the operation feeds this plugin receives (initially what
+    /// [`OrchestrationPlugin::interests`](crate::OrchestrationPlugin::interests) returned).
+    /// A plugin with nothing to do for a kind should drop it: the host then skips the feed.
+    pub fn set_interests(&self, interests: Interests) {
+        self.host.set_interests(&self.plugin, interests);
     }
 }

@@ -44,6 +44,7 @@ pub mod fields;
 mod health;
 mod host;
 mod message;
+pub mod operation;
 mod plugin;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -54,6 +55,7 @@ pub use event::OrchestratorEvent;
 pub use health::{HealthState, HealthStatus};
 pub use host::{BoxFuture, Host, HostHandle};
 pub use message::{IntegrationRequest, IntegrationResponse};
+pub use operation::{Interests, Operation, OperationKind, OperationOutcome, OperationSet, Verdict};
 pub use plugin::OrchestrationPlugin;
 
 /// What [`export_plugin!`] expands to refers to these, so that plugin crates need not depend on
@@ -91,7 +93,8 @@ pub fn is_valid_capability_name(name: &str) -> bool {
 pub mod prelude {
     pub use crate::{
         AgentInfo, AgentLoad, AgentStatus, HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse,
-        OrchestrationPlugin, OrchestratorEvent, PluginError, async_trait,
+        Interests, Operation, OperationKind, OperationOutcome, OperationSet, OrchestrationPlugin, OrchestratorEvent,
+        PluginError, Verdict, async_trait,
     };
 }
 

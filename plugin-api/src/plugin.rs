@@ -1,6 +1,9 @@
 //! The trait every capability plugin implements.
 
-use crate::{HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestratorEvent, PluginError};
+use crate::{
+    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, Interests, Operation, OrchestratorEvent,
+    PluginError, Verdict,
+};
 use async_trait::async_trait;
 
 /// A capability plugin: a named provider of one or more capabilities.
@@ -41,4 +44,27 @@ pub trait OrchestrationPlugin: Send + Sync + 'static {
 
     /// Called once when the plugin is unregistered, after calls in flight have drained.
     async fn shutdown(&self) {}
+
+    /// The operation feeds this plugin wants (see [`crate::operation`]). Read once, at
+    /// registration; change them later with
+    /// [`HostHandle::set_interests`](crate::HostHandle::set_interests). The default asks for
+    /// nothing, and a plugin that asks for nothing costs the host nothing.
+    fn interests(&self) -> Interests {
+        Interests::NONE
+    }
+
+    /// Hears one completed operation of a kind in [`Interests::observe`], inline on the
+    /// caller's thread: keep it quick and never block (count, record, push onto a bounded
+    /// queue). A panic here is contained and counted by the host. The default ignores it.
+    fn observe(&self, operation: &Operation<'_>) {
+        let _ = operation;
+    }
+
+    /// Decides whether an operation of a kind in [`Interests::intercept`] may go ahead,
+    /// before it happens. Runs under the host's call timeout; a panic or a timeout lets the
+    /// operation go ahead (fail-open) and is reported. The default allows everything.
+    async fn intercept(&self, operation: &Operation<'_>) -> Verdict {
+        let _ = operation;
+        Verdict::Allow
+    }
 }
