@@ -39,8 +39,8 @@ pub use orchestrator_core::{
 };
 pub use plugin_api;
 pub use plugin_api::{
-    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin, OrchestratorEvent,
-    PluginError,
+    HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, Interests, Operation, OperationKind,
+    OperationOutcome, OperationSet, OrchestrationPlugin, OrchestratorEvent, PluginError, Verdict,
 };
 
 pub use plugin_context::ContextManagementPlugin;
