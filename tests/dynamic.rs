@@ -273,7 +273,7 @@ async fn every_kind_of_bad_file_has_its_own_clear_error() {
     assert!(err.to_string().contains(&*mismatch.to_string_lossy()), "{err}");
     assert_eq!(
         summary,
-        "expected PluginModule from plugin-api 0.1.0, found OldPluginModule from layout-mismatch-plugin 0.1.0"
+        "expected PluginModule from plugin-api 0.1.1, found OldPluginModule from layout-mismatch-plugin 0.1.0"
     );
     assert!(details.lines().count() > 5, "the full report is kept: {details}");
 
