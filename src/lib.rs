@@ -44,7 +44,9 @@ pub use plugin_api::{
 };
 
 pub use plugin_context::ContextManagementPlugin;
+pub use plugin_hooks::HookIntegrationPlugin;
 pub use plugin_load_balancing::LoadBalancingPlugin;
+pub use plugin_performance::PerformanceMonitoringPlugin;
 pub use plugin_routing::ContextAwareRoutingPlugin;
 pub use plugin_security::SecurityIntegrationPlugin;
 pub use plugin_shared_state::SharedStatePlugin;
@@ -54,16 +56,22 @@ pub use plugin_workflow::EnhancedWorkflowPlugin;
 /// `with_default_plugins()` for [`OrchestratorBuilder`]: the plugins this crate ships, linked
 /// statically.
 ///
-/// Today that is seven of the nine planned plugin crates: [`EnhancedWorkflowPlugin`]
+/// All nine plugin crates: [`EnhancedWorkflowPlugin`]
 /// (`extended_thinking`, `slash_commands`, `quality_gates`), [`ContextAwareRoutingPlugin`]
 /// (`semantic_routing`, `agent_profiling`, `performance_learning`),
 /// [`SecurityIntegrationPlugin`] (`oauth_auth`, `rbac_enforcement`, `audit_logging`),
 /// [`SharedStatePlugin`] (`atomic_updates`, `real_time_balancing`, `workflow_tracking`; in memory
 /// unless configured for Redis), [`TaskCoordinationPlugin`] (`agent_requests`, `task_mapping`,
 /// `workload_analysis`), [`ContextManagementPlugin`] (`sleep_wake_cycles`,
-/// `context_consolidation`, `session_management`) and [`LoadBalancingPlugin`]
-/// (`adaptive_balancing`, `capacity_management`, `resource_optimization`). The monitoring pair
-/// (performance, hooks) joins when it lands.
+/// `context_consolidation`, `session_management`), [`LoadBalancingPlugin`]
+/// (`adaptive_balancing`, `capacity_management`, `resource_optimization`),
+/// [`PerformanceMonitoringPlugin`] (`real_time_monitoring`, `task_performance`, `auto_scaling`)
+/// and [`HookIntegrationPlugin`] (`lifecycle_hooks`, `observability`, `performance_hooks`).
+///
+/// To keep a handle on a plugin (the hooks plugin's [`HookRegistry`](plugin_hooks::HookRegistry),
+/// the performance plugin's [`MetricsHandle`](plugin_performance::MetricsHandle)), build it
+/// yourself, take the handle, and add it after `with_default_plugins()` with
+/// `plugin_with(plugin, PluginOptions::new().replace())`.
 ///
 /// ```
 /// use orchestrator::prelude::*;
@@ -71,6 +79,7 @@ pub use plugin_workflow::EnhancedWorkflowPlugin;
 /// # async fn main() -> Result<(), OrchestratorError> {
 /// let orchestrator = Orchestrator::builder().with_default_plugins().build().await?;
 /// assert!(orchestrator.has_capability("semantic_routing"));
+/// assert_eq!(orchestrator.capabilities().len(), 27);
 /// # Ok(())
 /// # }
 /// ```
@@ -88,6 +97,8 @@ impl DefaultPlugins for OrchestratorBuilder {
             .plugin(TaskCoordinationPlugin::default())
             .plugin(ContextManagementPlugin::default())
             .plugin(LoadBalancingPlugin::default())
+            .plugin(PerformanceMonitoringPlugin::default())
+            .plugin(HookIntegrationPlugin::default())
     }
 }
 

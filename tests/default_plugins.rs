@@ -7,7 +7,7 @@ use orchestrator::prelude::*;
 use orchestrator::{PluginOrigin, plugin_api::testkit};
 use serde_json::json;
 
-const SHIPPED: [(&str, &str, &str, [&str; 3]); 7] = [
+const SHIPPED: [(&str, &str, &str, [&str; 3]); 9] = [
     (
         "plugin-workflow",
         "workflow_plugin",
@@ -49,6 +49,18 @@ const SHIPPED: [(&str, &str, &str, [&str; 3]); 7] = [
         "load_balancing_plugin",
         "LoadBalancingPlugin",
         ["adaptive_balancing", "capacity_management", "resource_optimization"],
+    ),
+    (
+        "plugin-performance",
+        "performance_plugin",
+        "PerformanceMonitoringPlugin",
+        ["real_time_monitoring", "task_performance", "auto_scaling"],
+    ),
+    (
+        "plugin-hooks",
+        "hooks_plugin",
+        "HookIntegrationPlugin",
+        ["lifecycle_hooks", "observability", "performance_hooks"],
     ),
 ];
 
@@ -98,6 +110,99 @@ async fn default_plugins_serve_their_capabilities_and_work_together() {
         output["analysis"]["required_capabilities"],
         json!(["testing", "deployment"])
     );
+}
+
+/// The monitoring pair sees what the other seven do: dispatches per capability and plugin,
+/// tasks by kind, spans per correlation id; and a Rust pre-hook vetoes through the default set.
+#[tokio::test]
+async fn the_monitoring_pair_watches_the_other_plugins_work() {
+    let hooks = orchestrator::HookIntegrationPlugin::default();
+    hooks
+        .hooks()
+        .pre_hook_fn(
+            "no-guests",
+            orchestrator::OperationKind::AgentRegistration,
+            0,
+            |op: &orchestrator::Operation<'_>| {
+                let guest = op
+                    .details
+                    .as_deref()
+                    .and_then(|c| c["capabilities"].as_array())
+                    .is_some_and(|caps| caps.iter().any(|c| c == "guest"));
+                if guest {
+                    orchestrator::Verdict::Veto("guests may not register".into())
+                } else {
+                    orchestrator::Verdict::Allow
+                }
+            },
+        )
+        .expect("adds the hook");
+    // The default set, with this hooks plugin in place of the default one.
+    let orch = Orchestrator::builder()
+        .with_default_plugins()
+        .plugin_with(hooks, orchestrator::PluginOptions::new().replace())
+        .build()
+        .await
+        .expect("builds");
+    let refused = orch
+        .register_agent(AgentConfig::new("visitor").with_capabilities(["guest"]))
+        .await
+        .expect_err("vetoed");
+    assert!(refused.to_string().contains("guests may not register"), "{refused}");
+    let qa = orch
+        .register_agent(AgentConfig::new("qa").with_id("qa").with_capabilities(["testing"]))
+        .await
+        .expect("registers");
+    assert_eq!(orch.agent_count(), 1);
+
+    for i in 0..3 {
+        orch.execute(
+            IntegrationRequest::new("extended_thinking", json!({"task_description": "write tests"}))
+                .with_correlation_id(format!("watch-{i}")),
+        )
+        .await
+        .expect("analyses");
+    }
+    orch.execute_agent_task(&qa, json!({"kind": "testing", "text": "run the suite"}))
+        .await
+        .expect("runs");
+
+    let monitoring = orch
+        .execute(IntegrationRequest::new("real_time_monitoring", json!({})))
+        .await
+        .expect("answers");
+    let thinking = &monitoring.data["capabilities"]["extended_thinking"];
+    assert_eq!(thinking["calls"], 3, "{}", monitoring.data);
+    assert_eq!(monitoring.data["plugins"]["EnhancedWorkflowPlugin"]["served"], 3);
+    assert_eq!(monitoring.data["tasks"]["finished"], 1);
+    assert_eq!(monitoring.data["agents"]["total"], 1);
+    let kinds = orch
+        .execute(IntegrationRequest::new("task_performance", json!({"kind": "testing"})))
+        .await
+        .expect("answers");
+    assert_eq!(kinds.data["entries"][0]["count"], 1, "{}", kinds.data);
+
+    let spans = orch
+        .execute(IntegrationRequest::new(
+            "observability",
+            json!({"op": "recent", "correlation_id": "watch-1"}),
+        ))
+        .await
+        .expect("answers");
+    let spans = spans.data["spans"].as_array().expect("spans").clone();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0]["fields"]["gen_ai.tool.name"], "extended_thinking");
+    assert_eq!(spans[0]["fields"]["served_by"], "EnhancedWorkflowPlugin");
+
+    let prometheus = orch
+        .execute(IntegrationRequest::new(
+            "real_time_monitoring",
+            json!({"format": "prometheus"}),
+        ))
+        .await
+        .expect("answers");
+    let text = prometheus.data["text"].as_str().expect("text");
+    assert!(text.contains("extended_thinking"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

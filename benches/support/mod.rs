@@ -2,7 +2,6 @@
 //! runtime shaped like the machine the targets are for (2 worker threads).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use orchestrator::PluginOptions;
 use orchestrator::plugin_api::async_trait;
 use orchestrator::prelude::*;
 use serde_json::json;
@@ -42,23 +41,10 @@ impl OrchestrationPlugin for MinimalPlugin {
     }
 }
 
-/// The nine plugins: the ones this crate ships (`with_default_plugins()`), and stand-ins with
-/// the names and capabilities of the plugin crates still to come, so that registration is
-/// measured with nine plugins receiving its events.
+/// The nine plugins this crate ships (`with_default_plugins()`), all real: registration and
+/// dispatch are measured with nine plugins receiving events and the monitoring pair observing.
 pub fn nine_plugins(builder: OrchestratorBuilder) -> OrchestratorBuilder {
-    const TO_COME: [(&str, [&str; 3]); 2] = [
-        (
-            "PerformanceMonitoringPlugin",
-            ["real_time_monitoring", "task_performance", "auto_scaling"],
-        ),
-        (
-            "HookIntegrationPlugin",
-            ["lifecycle_hooks", "observability", "performance_hooks"],
-        ),
-    ];
-    TO_COME.iter().fold(builder.with_default_plugins(), |b, (name, caps)| {
-        b.plugin_with(MinimalPlugin::new(name, caps), PluginOptions::new())
-    })
+    builder.with_default_plugins()
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
