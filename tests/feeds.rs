@@ -445,8 +445,11 @@ mod spans {
     use tracing::span::{Attributes, Id};
     use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
+    /// A span's name and its fields as text.
+    type SpanRecord = (String, Vec<(String, String)>);
+
     #[derive(Default, Clone)]
-    struct Captured(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+    struct Captured(Arc<Mutex<Vec<SpanRecord>>>);
 
     struct Fields(Vec<(String, String)>);
 
