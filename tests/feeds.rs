@@ -438,6 +438,43 @@ async fn feeds_stop_when_the_plugin_is_unregistered() {
     );
 }
 
+/// Never finishes a task.
+struct StuckExecutor;
+
+#[async_trait]
+impl orchestrator::AgentExecutor for StuckExecutor {
+    async fn execute(&self, _context: orchestrator::ExecutionContext) -> Result<Value, orchestrator::ExecutorError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_task_whose_caller_stops_waiting_is_reported_finished_as_cancelled() {
+    let feed = FeedPlugin::new("Watcher", all_observed(), Gate::Allow);
+    let observed = Arc::clone(&feed.observed);
+    let orch = Orchestrator::builder()
+        .executor(StuckExecutor)
+        .plugin(feed)
+        .build()
+        .await
+        .expect("builds");
+    let id = orch.register_agent(AgentConfig::default()).await.expect("registers");
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        orch.execute_agent_task(&id, json!({"kind": "slow"})),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the executor never finishes");
+    let seen = observed.lock().expect("lock").clone();
+    let starts = seen.iter().filter(|o| o.kind == OperationKind::TaskStart).count();
+    let finishes: Vec<_> = seen.iter().filter(|o| o.kind == OperationKind::TaskFinish).collect();
+    assert_eq!((starts, finishes.len()), (1, 1), "{seen:#?}");
+    assert_eq!(finishes[0].outcome, OperationOutcome::Failed);
+    assert!(finishes[0].error.as_deref().unwrap_or("").contains("cancelled"));
+    assert_eq!(finishes[0].task_kind.as_deref(), Some("slow"));
+    assert_eq!(orch.agent(&id).map(|a| a.load), Some(0));
+}
+
 /// The spans the host opens carry the correlation id and the OpenTelemetry GenAI fields.
 mod spans {
     use super::*;

@@ -71,7 +71,8 @@ pub(crate) async fn execute(
     };
     match feeds {
         None => {
-            dispatch(inner, request, correlation_id, route, enabled, None)
+            let mut correlation_id = correlation_id;
+            dispatch(inner, request, &mut correlation_id, route.as_ref(), enabled, None)
                 .instrument(span)
                 .await
         }
@@ -123,25 +124,48 @@ async fn dispatch_fed(
             .into());
         }
     }
+    let mut correlation_id = correlation_id;
     if !observe {
-        return dispatch(inner, request, correlation_id, route, enabled, Some(feeds)).await;
+        return dispatch(
+            inner,
+            request,
+            &mut correlation_id,
+            route.as_ref(),
+            enabled,
+            Some(feeds),
+        )
+        .await;
     }
-    // What the observers need once the request has moved into the call.
-    let capability = request.capability.clone();
+    // What the observers need once the request has moved into the call: the capability's
+    // name is the route's when there is one (no copy), and the correlation id stays here when
+    // the call fails (a success carries it in the response).
+    let unrouted_capability = route.is_none().then(|| request.capability.clone());
     let agent = request.agent_id.clone();
-    let failed_correlation_id = correlation_id.clone();
-    let result = dispatch(inner, request, correlation_id, route, enabled, Some(feeds)).await;
+    let result = dispatch(
+        inner,
+        request,
+        &mut correlation_id,
+        route.as_ref(),
+        enabled,
+        Some(feeds),
+    )
+    .await;
     let now = inner.clock.monotonic_ns();
+    let capability = match (&route, &unrouted_capability) {
+        (Some(route), _) => &*route.capability,
+        (None, Some(name)) => name.as_str(),
+        (None, None) => "",
+    };
     let mut op = match &result {
         Ok(response) => Operation::new(OperationKind::Dispatch, response.correlation_id.as_str())
             .with_plugin(response.served_by.as_str())
             .with_fallback(response.fallback)
             .with_outcome(OperationOutcome::Succeeded),
-        Err(error) => Operation::new(OperationKind::Dispatch, failed_correlation_id.as_str())
+        Err(error) => Operation::new(OperationKind::Dispatch, correlation_id.as_str())
             .with_outcome(OperationOutcome::Failed)
             .with_error(error.to_string()),
     }
-    .with_capability(capability.as_str())
+    .with_capability(capability)
     .with_duration_ns(now.saturating_sub(started))
     .with_at_ns(now);
     op.agent_id = agent.as_deref().map(Into::into);
@@ -149,11 +173,13 @@ async fn dispatch_fed(
     result
 }
 
+/// Tries the providers, then the legacy path. A response takes the correlation id out of
+/// `correlation_id`; on an error it is left there for the caller.
 async fn dispatch(
     inner: &Inner,
     request: IntegrationRequest,
-    correlation_id: String,
-    route: Option<Arc<Route>>,
+    correlation_id: &mut String,
+    route: Option<&Arc<Route>>,
     enabled: bool,
     feeds: Option<&Feeds>,
 ) -> Result<IntegrationResponse, OrchestratorError> {
@@ -175,7 +201,7 @@ async fn dispatch(
         }
         _ => {
             tracing::debug!(enabled, "served by the legacy path");
-            return Ok(serve_legacy(inner, &request, correlation_id));
+            return Ok(serve_legacy(inner, &request, std::mem::take(correlation_id)));
         }
     };
 
@@ -211,7 +237,7 @@ async fn dispatch(
             Ok(Ok(mut response)) => {
                 response.served_by = slot.name.to_string();
                 response.fallback = index > 0;
-                response.correlation_id = correlation_id;
+                response.correlation_id = std::mem::take(correlation_id);
                 return Ok(response);
             }
             Ok(Err(error)) if error.is_invalid_request() => {
@@ -264,7 +290,7 @@ async fn dispatch(
     }
 
     match pending {
-        Some(request) if legacy_available => Ok(serve_legacy(inner, &request, correlation_id)),
+        Some(request) if legacy_available => Ok(serve_legacy(inner, &request, std::mem::take(correlation_id))),
         _ => Err(DispatchError::AllProvidersFailed {
             capability: route.capability.to_string(),
             attempts,

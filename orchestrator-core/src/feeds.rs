@@ -19,7 +19,10 @@ use std::time::Duration;
 /// Passes `operation` to every plugin observing its kind, highest priority first.
 pub(crate) fn observe(feeds: &Feeds, operation: &Operation<'_>) {
     for (kinds, slot) in &feeds.observers {
-        if !kinds.contains(operation.kind) {
+        // A plugin unregistered since the snapshot was taken hears no more (the check is a
+        // plain load: an observation that started just before the retirement may still
+        // overlap the drain, which observers tolerate by the trait's contract).
+        if !kinds.contains(operation.kind) || slot.is_retired() {
             continue;
         }
         let plugin = &slot.plugin;

@@ -876,6 +876,38 @@ impl Drop for RunningTask<'_> {
     }
 }
 
+/// Reports a task's finish to its observers exactly once: with its outcome when it ends, or, if
+/// the task's future is dropped first (the caller stopped waiting), as failed and cancelled, so
+/// that observers counting tasks in flight never see a start without a finish.
+struct TaskFinishFeed<'a> {
+    inner: &'a Inner,
+    feeds: Arc<crate::registry::Feeds>,
+    op: Option<Operation<'static>>,
+    started: u64,
+}
+
+impl TaskFinishFeed<'_> {
+    fn report(&mut self, outcome: OperationOutcome, error: Option<String>) {
+        let Some(mut op) = self.op.take() else { return };
+        let now = self.inner.clock.monotonic_ns();
+        op.error = error.map(Into::into);
+        let op = op
+            .with_outcome(outcome)
+            .with_duration_ns(now.saturating_sub(self.started))
+            .with_at_ns(now);
+        feeds::observe(&self.feeds, &op);
+    }
+}
+
+impl Drop for TaskFinishFeed<'_> {
+    fn drop(&mut self) {
+        self.report(
+            OperationOutcome::Failed,
+            Some("cancelled: the caller stopped waiting before the task finished".into()),
+        );
+    }
+}
+
 /// Runs a task on an agent in an `invoke_agent` span (OpenTelemetry's GenAI name for an agent
 /// doing work), with `gen_ai.agent.id` and the correlation id.
 pub(crate) async fn run_agent_task(
@@ -958,10 +990,15 @@ async fn run_task(
     if let Some(feeds) = feeds.as_ref().filter(|f| f.observes(OperationKind::TaskStart)) {
         feeds::observe(feeds, &task_operation(OperationKind::TaskStart).with_at_ns(started));
     }
-    let finish = feeds
+    let mut finish = feeds
         .as_ref()
         .filter(|f| f.observes(OperationKind::TaskFinish))
-        .map(|_| task_operation(OperationKind::TaskFinish));
+        .map(|feeds| TaskFinishFeed {
+            inner,
+            feeds: Arc::clone(feeds),
+            op: Some(task_operation(OperationKind::TaskFinish)),
+            started,
+        });
     let context = ExecutionContext {
         agent: running.entry.snapshot(),
         data,
@@ -971,18 +1008,12 @@ async fn run_task(
     let executor = Arc::clone(&inner.executor);
     let outcome = contained(|| executor.execute(context)).await;
     drop(running);
-    if let (Some(feeds), Some(op)) = (feeds.as_ref(), finish) {
-        let now = inner.clock.monotonic_ns();
-        let op = match &outcome {
-            Ok(Ok(_)) => op.with_outcome(OperationOutcome::Succeeded),
-            Ok(Err(error)) => op
-                .with_outcome(OperationOutcome::Failed)
-                .with_error(error.message.clone()),
-            Err(failure) => op
-                .with_outcome(OperationOutcome::Panicked)
-                .with_error(failure.to_string()),
-        };
-        feeds::observe(feeds, &op.with_duration_ns(now.saturating_sub(started)).with_at_ns(now));
+    if let Some(finish) = finish.as_mut() {
+        match &outcome {
+            Ok(Ok(_)) => finish.report(OperationOutcome::Succeeded, None),
+            Ok(Err(error)) => finish.report(OperationOutcome::Failed, Some(error.message.clone())),
+            Err(failure) => finish.report(OperationOutcome::Panicked, Some(failure.to_string())),
+        }
     }
     match outcome {
         Ok(Ok(output)) => Ok(output),

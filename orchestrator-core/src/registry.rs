@@ -148,6 +148,11 @@ impl PluginSlot {
         Some(guard)
     }
 
+    /// Whether the slot has left the registry.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
     /// Retires the slot (no call starts after this) and waits until no call is in flight, at
     /// most `limit` (a caller holding an `execute` future without polling it would otherwise keep
     /// it "in flight" forever).

@@ -19,9 +19,9 @@
 //!   fail closed decides so itself and answers `Veto`.
 //!
 //! Interests are read once at registration ([`OrchestrationPlugin::interests`]) and can change
-//! at any time through [`HostHandle::set_interests`](crate::HostHandle::set_interests), so a
-//! hook plugin with no hooks registered costs the host nothing. A plugin that asks for nothing
-//! costs nothing either: the host keeps the lists of interested plugins in its registry
+//! at any time through [`HostHandle::set_interests`](crate::HostHandle::set_interests): a hook
+//! plugin with no pre-hook drops `intercept`, and the host stops awaiting it. A plugin that asks
+//! for nothing costs nothing: the host keeps the lists of interested plugins in its registry
 //! snapshot and skips the feeds (and the clock reads that time them) when they are empty.
 //!
 //! Across the stable ABI an operation travels as JSON (the `Serialize` form of [`Operation`]),

@@ -56,6 +56,12 @@ pub trait OrchestrationPlugin: Send + Sync + 'static {
     /// Hears one completed operation of a kind in [`Interests::observe`], inline on the
     /// caller's thread: keep it quick and never block (count, record, push onto a bounded
     /// queue). A panic here is contained and counted by the host. The default ignores it.
+    ///
+    /// It may run while the host is inside a call this plugin made (a status change the
+    /// plugin asked for through [`HostHandle::set_agent_status`](crate::HostHandle::set_agent_status)
+    /// is observed before that call returns): never take a lock here that the plugin holds
+    /// while calling the host, or it deadlocks itself. It may also overlap the plugin's
+    /// [`shutdown`](Self::shutdown) by a moment when the plugin is unregistered mid-operation.
     fn observe(&self, operation: &Operation<'_>) {
         let _ = operation;
     }
