@@ -103,13 +103,16 @@ fn bench_execute(c: &mut Criterion) {
     group.finish();
 }
 
-/// Registrations are timed in batches of 1,000, and the lifecycle events they caused are
-/// delivered between batches, outside the timing: what is measured is `register_agent` and
-/// its feeds, not the event backlog competing for the two cores (the registration bench
-/// measures that).
+/// Registrations are timed in batches of 1,000 on a current-thread runtime, and the lifecycle
+/// events they caused are delivered between batches, outside the timing: what is measured is
+/// `register_agent` and its feeds, not event delivery running beside it on the other core
+/// (the registration bench measures that).
 fn bench_register(c: &mut Criterion) {
     const BATCH: u64 = 1_000;
-    let rt = support::runtime();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let mut group = c.benchmark_group("feeds_register_agent");
     group.measurement_time(Duration::from_secs(4));
     group.throughput(criterion::Throughput::Elements(1));

@@ -76,8 +76,10 @@ pub(crate) async fn execute(
                 .instrument(span)
                 .await
         }
+        // Boxed: the fed path's state (the operation, the interceptors' futures) would
+        // otherwise enlarge every `execute` future, fed or not, and every move of it.
         Some(feeds) => {
-            dispatch_fed(inner, request, correlation_id, route, enabled, &feeds)
+            Box::pin(dispatch_fed(inner, request, correlation_id, route, enabled, &feeds))
                 .instrument(span)
                 .await
         }

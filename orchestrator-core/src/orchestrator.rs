@@ -166,35 +166,9 @@ impl Orchestrator {
                 });
                 return Ok(entry.id.clone());
             };
-            let started = inner.clock.monotonic_ns();
-            if feeds.intercepts(OperationKind::AgentRegistration) {
-                let details = serde_json::to_value(&config).unwrap_or(Value::Null);
-                let mut asked = Operation::new(OperationKind::AgentRegistration, "")
-                    .with_details(&details)
-                    .with_at_ns(started);
-                asked.agent_id = config.id.as_ref().map(|id| id.as_str().into());
-                if let Err(veto) = feeds::intercept(&feeds, inner.call_timeout, &asked).await {
-                    return Err(AgentError::RegistrationVetoed {
-                        plugin: veto.plugin,
-                        reason: veto.reason,
-                    }
-                    .into());
-                }
-            }
-            let entry = inner.agents.register(config)?;
-            inner.events.emit(OrchestratorEvent::AgentRegistered {
-                agent_id: entry.id.to_string(),
-            });
-            if feeds.observes(OperationKind::AgentRegistration) {
-                let now = inner.clock.monotonic_ns();
-                let op = Operation::new(OperationKind::AgentRegistration, "")
-                    .with_agent(entry.id.as_str())
-                    .with_outcome(OperationOutcome::Succeeded)
-                    .with_duration_ns(now.saturating_sub(started))
-                    .with_at_ns(now);
-                feeds::observe(&feeds, &op);
-            }
-            Ok(entry.id.clone())
+            // Boxed, like dispatch's fed path: the interceptors' futures would otherwise
+            // enlarge every registration's future.
+            Box::pin(register_fed(&inner, config, &feeds)).await
         }
     }
 
@@ -874,6 +848,43 @@ impl Drop for RunningTask<'_> {
                 .transition(&self.entry, AgentStatus::Busy, AgentStatus::Active);
         }
     }
+}
+
+/// `register_agent` with the operation feeds: interceptors before, observers after.
+async fn register_fed(
+    inner: &Inner,
+    config: AgentConfig,
+    feeds: &crate::registry::Feeds,
+) -> Result<AgentId, OrchestratorError> {
+    let started = inner.clock.monotonic_ns();
+    if feeds.intercepts(OperationKind::AgentRegistration) {
+        let details = serde_json::to_value(&config).unwrap_or(Value::Null);
+        let mut asked = Operation::new(OperationKind::AgentRegistration, "")
+            .with_details(&details)
+            .with_at_ns(started);
+        asked.agent_id = config.id.as_ref().map(|id| id.as_str().into());
+        if let Err(veto) = feeds::intercept(feeds, inner.call_timeout, &asked).await {
+            return Err(AgentError::RegistrationVetoed {
+                plugin: veto.plugin,
+                reason: veto.reason,
+            }
+            .into());
+        }
+    }
+    let entry = inner.agents.register(config)?;
+    inner.events.emit(OrchestratorEvent::AgentRegistered {
+        agent_id: entry.id.to_string(),
+    });
+    if feeds.observes(OperationKind::AgentRegistration) {
+        let now = inner.clock.monotonic_ns();
+        let op = Operation::new(OperationKind::AgentRegistration, "")
+            .with_agent(entry.id.as_str())
+            .with_outcome(OperationOutcome::Succeeded)
+            .with_duration_ns(now.saturating_sub(started))
+            .with_at_ns(now);
+        feeds::observe(feeds, &op);
+    }
+    Ok(entry.id.clone())
 }
 
 /// Reports a task's finish to its observers exactly once: with its outcome when it ends, or, if
