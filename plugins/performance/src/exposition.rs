@@ -263,7 +263,7 @@ pub(crate) fn encode(snapshot: &Snapshot) -> String {
     registry.register(
         "tasks_in_flight",
         "Agent tasks started and not finished",
-        gauge(snapshot.tasks_in_flight()),
+        gauge(snapshot.tasks_in_flight),
     );
     registry.register_with_unit(
         "task_duration",

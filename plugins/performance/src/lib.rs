@@ -29,7 +29,12 @@
 //!
 //! At most `max_series` capabilities and as many task kinds are kept by name (a name longer
 //! than 128 bytes never is); the rest are counted together under `"(other)"`, so that callers
-//! naming endless capabilities cannot grow memory without bound.
+//! naming endless capabilities cannot grow memory without bound. A capability gets a series
+//! only once a plugin (or the legacy path) has served it or a provider of it has failed: a
+//! dispatch nothing served (an unknown or disabled capability, a veto before any provider, an
+//! invalid request before the first success) is counted under its capability's series when
+//! there is one, else under [`UNSERVED`] (`"(unserved)"`), so that junk names cannot use up the
+//! names before the real capabilities are first called.
 //!
 //! **Latencies** are recorded in **nanoseconds** into HDR histograms (`hdrhistogram`): the
 //! all-time histogram of a series keeps 3 significant figures (a percentile is within 0.1% of
@@ -71,7 +76,11 @@
 //!   *served* dispatches it answered, and *errors*, *timeouts* and *panics* of calls to it that
 //!   moved a dispatch on (*failures* is their sum); *vetoes* it issued. Per capability,
 //!   *provider_errors*, *timeouts* and *panics* sum those over its providers. Latencies are
-//!   `null` while a series is empty.
+//!   `null` while a series is empty. `"(unserved)"` holds the dispatches nothing served whose
+//!   capability has no series (see above). *in_flight* is the tasks whose start was observed
+//!   and whose finish was not (each finish is matched to its start, so a finish observed
+//!   without its start, from a task already running when the plugin started observing, does
+//!   not throw it off); it need not equal *started* - *finished*.
 //! - `{"format": "prometheus"}` -> `{"format": "prometheus", "content_type", "text"}`: the
 //!   OpenMetrics text exposition, made with `prometheus-client` (see below).
 //!
@@ -200,6 +209,7 @@
 //! as an argument and run in simulated time (the tests drive hours of noisy load through it).
 
 mod exposition;
+mod inflight;
 mod metrics;
 mod names;
 mod scaling;
@@ -207,8 +217,8 @@ mod series;
 
 pub use exposition::{CONTENT_TYPE, METRIC_PREFIX};
 pub use metrics::{
-    DEFAULT_MAX_SERIES, DEFAULT_WINDOW_S, LatencySummary, MetricsHandle, Percentiles, Scope, UNSPECIFIED_KIND,
-    WindowSummary,
+    DEFAULT_MAX_SERIES, DEFAULT_WINDOW_S, LatencySummary, MetricsHandle, Percentiles, Scope, UNSERVED,
+    UNSPECIFIED_KIND, WindowSummary,
 };
 pub use scaling::{Autoscaler, MAX_PERIOD_S, Recommendation, ScalingAction, ScalingPolicy, ScalingRule};
 

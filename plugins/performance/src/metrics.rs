@@ -1,8 +1,9 @@
 //! The plugin's figures: what observers record and what readers see.
 
 use crate::exposition;
+use crate::inflight::InFlight;
 use crate::names::Names;
-use crate::series::{Counter, PluginCounts, SeriesView, WINDOW_SLOTS, shard_count};
+use crate::series::{Counter, PluginCounts, Series, SeriesView, WINDOW_SLOTS, shard_count};
 use hdrhistogram::Histogram;
 use plugin_api::{AgentLoad, AgentStatus, HostHandle, Operation, OperationKind, OperationOutcome};
 use serde::Serialize;
@@ -20,6 +21,19 @@ pub const DEFAULT_WINDOW_S: u64 = 60;
 /// The default number of series (capabilities, task kinds) kept by name, each; more are counted
 /// under `"(other)"`.
 pub const DEFAULT_MAX_SERIES: usize = 256;
+
+/// The capability under which dispatches that nothing served (an unknown or disabled
+/// capability, or one an interceptor refused before any provider) are counted, unless their
+/// capability already has a series of its own: the name of such a call is whatever the caller
+/// sent, and must not take up one of the `max_series` names.
+pub const UNSERVED: &str = "(unserved)";
+
+/// Whether a plugin (or the legacy path) served a dispatch: only those, and provider failures,
+/// make a capability's series.
+#[inline]
+fn served(op: &Operation<'_>) -> bool {
+    op.plugin.is_some() && op.outcome != OperationOutcome::Vetoed
+}
 
 /// Which series a [`LatencySummary`] describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -132,6 +146,8 @@ pub(crate) struct Metrics {
     pub(crate) capabilities: Names,
     pub(crate) kinds: Names,
     tasks_started: AtomicU64,
+    /// Tasks started and not finished, matched start to finish.
+    in_flight: InFlight,
     registrations: AtomicU64,
     /// Nanoseconds per window slot.
     bucket_ns: AtomicU64,
@@ -147,6 +163,7 @@ impl Default for Metrics {
             capabilities: Names::new(shards),
             kinds: Names::new(shards),
             tasks_started: AtomicU64::new(0),
+            in_flight: InFlight::default(),
             registrations: AtomicU64::new(0),
             bucket_ns: AtomicU64::new(bucket_ns(DEFAULT_WINDOW_S)),
             window_s: AtomicU64::new(DEFAULT_WINDOW_S),
@@ -175,6 +192,9 @@ pub(crate) struct Snapshot {
     pub(crate) capabilities: Vec<(Box<str>, SeriesView)>,
     pub(crate) kinds: Vec<(Box<str>, SeriesView)>,
     pub(crate) tasks_started: u64,
+    /// Tasks started and not finished (see [`InFlight`]): not `tasks_started` minus the
+    /// finished, which a finish whose start was never observed would leave one short for good.
+    pub(crate) tasks_in_flight: u64,
     pub(crate) registrations: u64,
     /// The fleet, when the plugin has a host.
     pub(crate) agents: Option<Vec<AgentLoad>>,
@@ -183,10 +203,6 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     pub(crate) fn tasks_finished(&self) -> u64 {
         self.kinds.iter().map(|(_, v)| v.get(Counter::Calls)).sum()
-    }
-
-    pub(crate) fn tasks_in_flight(&self) -> u64 {
-        self.tasks_started.saturating_sub(self.tasks_finished())
     }
 
     /// Per plugin, summed over capabilities, by name.
@@ -280,8 +296,12 @@ impl Metrics {
             OperationKind::ProviderFailure => self.provider_failure(op),
             OperationKind::TaskStart => {
                 self.tasks_started.fetch_add(1, Ordering::Relaxed);
+                self.in_flight.start(op);
             }
-            OperationKind::TaskFinish => self.task_finish(op),
+            OperationKind::TaskFinish => {
+                self.in_flight.finish(op);
+                self.task_finish(op);
+            }
             OperationKind::AgentRegistration if op.outcome == OperationOutcome::Succeeded => {
                 self.registrations.fetch_add(1, Ordering::Relaxed);
             }
@@ -295,8 +315,7 @@ impl Metrics {
             return;
         };
         let bucket_ns = self.bucket_ns.load(Ordering::Relaxed);
-        let max = self.max_series.load(Ordering::Relaxed);
-        self.capabilities.with(capability, max, |series| {
+        let record = |series: &Series| {
             series.update(|shard| {
                 shard.count(Counter::Calls);
                 match op.outcome {
@@ -319,7 +338,17 @@ impl Metrics {
                 }
                 shard.record(op.duration_ns, op.at_ns, bucket_ns);
             })
-        });
+        };
+        if served(op) {
+            let max = self.max_series.load(Ordering::Relaxed);
+            self.capabilities.with(capability, max, record);
+        } else {
+            // Nothing served it: the name is whatever the caller sent (an unknown capability,
+            // one disabled, or one an interceptor refused before any provider). It is counted
+            // under its own series only when that exists already (some plugin served it or
+            // failed at it), else under `UNSERVED`: junk names never take up series.
+            self.capabilities.with_existing_or(capability, UNSERVED, record);
+        }
     }
 
     fn provider_failure(&self, op: &Operation<'_>) {
@@ -389,6 +418,7 @@ impl Metrics {
             capabilities: view(&self.capabilities),
             kinds: view(&self.kinds),
             tasks_started: self.tasks_started.load(Ordering::Relaxed),
+            tasks_in_flight: self.in_flight.get(),
             registrations: self.registrations.load(Ordering::Relaxed),
             agents: self.host().map(|h| h.agent_loads()),
         }
@@ -524,7 +554,7 @@ impl Metrics {
                 "finished": finished,
                 "succeeded": succeeded,
                 "failed": finished - succeeded,
-                "in_flight": snapshot.tasks_in_flight(),
+                "in_flight": snapshot.tasks_in_flight,
                 "kinds": kinds,
             },
             "window_s": self.window_s(),

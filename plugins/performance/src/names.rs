@@ -9,8 +9,12 @@
 //!
 //! Names are bounded: past `max_series` names, or for a name longer than
 //! [`MAX_NAME_LEN`] bytes, figures are counted under [`OTHER`], so that callers naming
-//! endless capabilities or task kinds cannot grow the map without bound.
+//! endless capabilities or task kinds cannot grow the map without bound. Dispatches nothing
+//! served never make a series ([`Names::with_existing_or`] counts them under
+//! [`UNSERVED`] unless their name has one), so junk names cannot use up the `max_series`
+//! names before the real capabilities are first called.
 
+use crate::metrics::UNSERVED;
 use crate::series::{OTHER, Series};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -60,6 +64,19 @@ impl Names {
         f(&series)
     }
 
+    /// Runs `f` on the series of `name` if there is one, else on that of `fallback` (made if
+    /// need be, whatever `max_series`): a name that must not take up a series of its own.
+    #[inline]
+    pub(crate) fn with_existing_or<R>(&self, name: &str, fallback: &str, f: impl FnOnce(&Series) -> R) -> R {
+        {
+            let map = self.map.load();
+            if let Some(series) = map.get(name) {
+                return f(series);
+            }
+        }
+        self.with(fallback, usize::MAX, f)
+    }
+
     #[cold]
     fn insert(&self, name: &str, max_series: usize) -> Arc<Series> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -67,7 +84,9 @@ impl Names {
         if let Some(series) = current.get(name) {
             return Arc::clone(series);
         }
-        let name = if current.len() >= max_series || name.len() > MAX_NAME_LEN {
+        // The fixed names (what is over the limit, what nothing served) take up no slot.
+        let fixed = [OTHER, UNSERVED].iter().filter(|n| current.contains_key(**n)).count();
+        let name = if current.len() - fixed >= max_series || name.len() > MAX_NAME_LEN {
             OTHER
         } else {
             name
@@ -118,5 +137,27 @@ mod tests {
         assert_eq!(calls("(other)"), Some(7), "cap4..cap9 and the long name");
         assert_eq!(calls("cap0"), Some(2));
         assert_eq!(calls("cap9"), None);
+    }
+
+    #[test]
+    fn unserved_names_make_no_series_and_fixed_names_take_up_no_slot() {
+        let names = Names::new(2);
+        for i in 0..10 {
+            names.with_existing_or(&format!("junk{i}"), UNSERVED, |s| {
+                s.update(|sh| sh.count(Counter::Calls))
+            });
+        }
+        names.with("cap0", 2, |s| s.update(|sh| sh.count(Counter::Calls)));
+        names.with("cap1", 2, |s| s.update(|sh| sh.count(Counter::Calls)));
+        names.with("cap2", 2, |s| s.update(|sh| sh.count(Counter::Calls)));
+        // A name with a series is counted there.
+        names.with_existing_or("cap0", UNSERVED, |s| s.update(|sh| sh.count(Counter::Calls)));
+        let all = names.sorted();
+        let listed: Vec<&str> = all.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(listed, ["(other)", "(unserved)", "cap0", "cap1"]);
+        let calls = |name: &str| names.get(name).map(|s| s.view(false, 0).get(Counter::Calls));
+        assert_eq!(calls(UNSERVED), Some(10));
+        assert_eq!(calls("cap0"), Some(2));
+        assert_eq!(calls(OTHER), Some(1));
     }
 }

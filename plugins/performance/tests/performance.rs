@@ -2,14 +2,16 @@
 //! what was done (JSON and Prometheus text, parsed back), percentiles match a known
 //! distribution, the sliding window forgets on a hand-driven clock, auto-scaling follows the
 //! fleet with its cooldown and stabilisation, garbage is refused, the conformance kit passes,
-//! and the dynamic library hears dispatches through the stable ABI.
+//! and the dynamic library hears dispatches through the stable ABI. Junk capability names
+//! take up no series, and a task finish observed without its start leaves the in-flight gauge
+//! right.
 
 use orchestrator_core::{
     AgentConfig, AgentId, AgentStatus, DispatchError, ManualClock, Orchestrator, OrchestratorError,
 };
 use plugin_api::prelude::*;
 use plugin_api::testkit::{self, CheckOptions};
-use plugin_performance::{CONTENT_TYPE, NAME, PerformanceMonitoringPlugin, Scope};
+use plugin_performance::{CONTENT_TYPE, NAME, PerformanceMonitoringPlugin, Scope, UNSERVED};
 use prometheus_parse::{LineInfo, Scrape, Value as PromValue};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -369,6 +371,168 @@ async fn concurrent_dispatches_are_all_counted() {
     assert_eq!(
         (latency.all_time.count, latency.window.percentiles.count),
         (2_000, 2_000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_capability_names_do_not_crowd_out_real_capabilities() {
+    let plugin = PerformanceMonitoringPlugin::default();
+    let metrics = plugin.handle();
+    let orch = Orchestrator::builder()
+        .plugin(plugin)
+        .plugin(Flaky)
+        .build()
+        .await
+        .expect("builds");
+    // 1,000 distinct names nothing serves, well past the 256 series kept by name.
+    for i in 0..1_000 {
+        let out = orch
+            .execute(IntegrationRequest::new(format!("junk_{i}"), json!({})))
+            .await;
+        assert!(
+            matches!(
+                out,
+                Err(OrchestratorError::Dispatch(DispatchError::UnknownCapability { .. }))
+            ),
+            "{out:?}"
+        );
+    }
+    // A real capability, first called after them, still gets its own series.
+    for i in 0..3 {
+        call(&orch, "echo", json!({"i": i})).await;
+    }
+    let m = metrics.monitoring_json();
+    let capabilities = m["capabilities"].as_object().expect("capabilities");
+    let names: Vec<&str> = capabilities.keys().map(String::as_str).collect();
+    assert_eq!(names, [UNSERVED, "echo"], "no junk name has a series");
+    assert_eq!(m["capabilities"]["echo"]["calls"], 3, "{m:#}");
+    assert_eq!(m["capabilities"]["echo"]["succeeded"], 3, "{m:#}");
+    assert_eq!(m["capabilities"][UNSERVED]["calls"], 1_000, "{m:#}");
+    assert_eq!(m["capabilities"][UNSERVED]["errors"], 1_000, "{m:#}");
+    assert_eq!(m["dispatches"]["total"], 1_003, "every dispatch is still counted");
+
+    let scrape = parse(&metrics.prometheus_text());
+    let dispatches = |cap: &str, outcome: &str| {
+        sample(
+            &scrape,
+            "orchestrator_dispatches_total",
+            &[("capability", cap), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(dispatches("echo", "succeeded"), Some(3.0));
+    assert_eq!(dispatches(UNSERVED, "failed"), Some(1_000.0));
+    assert_eq!(dispatches("(other)", "succeeded"), None, "nothing over the limit");
+    assert_eq!(dispatches("junk_0", "failed"), None);
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.labels.get("capability").is_some_and(|c| c.starts_with("junk_")))
+    );
+
+    // A failure of a capability that has a series is counted there, not as unserved.
+    let out = orch
+        .execute(IntegrationRequest::new("echo", json!({"bad": true})))
+        .await;
+    assert!(out.is_err(), "{out:?}");
+    let m = metrics.monitoring_json();
+    assert_eq!(m["capabilities"]["echo"]["errors"], 1, "{m:#}");
+    assert_eq!(m["capabilities"][UNSERVED]["calls"], 1_000, "{m:#}");
+}
+
+#[test]
+fn vetoed_and_unserved_dispatches_take_up_no_series() {
+    let plugin = PerformanceMonitoringPlugin::default();
+    let handle = plugin.handle();
+    // Vetoed before any provider (the vetoer is named) and failed with no provider: neither
+    // makes a series, whatever the name.
+    for i in 0..300 {
+        let name = format!("junk_{i}");
+        let vetoed = Operation::new(OperationKind::Dispatch, "c")
+            .with_capability(name.as_str())
+            .with_plugin("Policy")
+            .with_outcome(OperationOutcome::Vetoed);
+        plugin.observe(&vetoed);
+        let failed = Operation::new(OperationKind::Dispatch, "c")
+            .with_capability(name.as_str())
+            .with_outcome(OperationOutcome::Failed)
+            .with_error("unknown capability");
+        plugin.observe(&failed);
+    }
+    plugin.observe(&dispatch_op("real", 1_000, 0));
+    let m = handle.monitoring_json();
+    let names: Vec<&str> = m["capabilities"]
+        .as_object()
+        .expect("capabilities")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, [UNSERVED, "real"], "{m:#}");
+    assert_eq!(m["capabilities"][UNSERVED]["vetoed"], 300);
+    assert_eq!(m["capabilities"][UNSERVED]["errors"], 300);
+    // The vetoer's vetoes are still counted, under the unserved series.
+    assert_eq!(m["plugins"]["Policy"]["vetoes"], 300, "{m:#}");
+    // Once served, a capability's vetoes go to its own series.
+    let vetoed = Operation::new(OperationKind::Dispatch, "c")
+        .with_capability("real")
+        .with_plugin("Policy")
+        .with_outcome(OperationOutcome::Vetoed);
+    plugin.observe(&vetoed);
+    assert_eq!(handle.monitoring_json()["capabilities"]["real"]["vetoed"], 1);
+}
+
+#[test]
+fn a_task_finish_observed_without_its_start_leaves_in_flight_right() {
+    let plugin = PerformanceMonitoringPlugin::default();
+    let handle = plugin.handle();
+    let op = |kind: OperationKind, correlation: &'static str| {
+        let op = Operation::new(kind, correlation)
+            .with_agent("a")
+            .with_task_kind("build");
+        if kind == OperationKind::TaskFinish {
+            op.with_outcome(OperationOutcome::Succeeded).with_duration_ns(1_000)
+        } else {
+            op
+        }
+    };
+    let in_flight = || {
+        let json = handle.monitoring_json()["tasks"]["in_flight"].clone();
+        let scrape = parse(&handle.prometheus_text());
+        let gauge = sample(&scrape, "orchestrator_tasks_in_flight", &[]);
+        assert_eq!(json.as_f64(), gauge, "JSON and exposition agree");
+        json
+    };
+    // A task that was running when the plugin started observing finishes: no start to match.
+    plugin.observe(&op(OperationKind::TaskFinish, "before"));
+    assert_eq!(in_flight(), 0);
+    // A task starts afterwards: it is in flight (started - finished would say 0).
+    plugin.observe(&op(OperationKind::TaskStart, "t1"));
+    assert_eq!(in_flight(), 1);
+    // Another unmatched finish while t1 runs does not take t1 out.
+    plugin.observe(&op(OperationKind::TaskFinish, "before-2"));
+    assert_eq!(in_flight(), 1);
+    plugin.observe(&op(OperationKind::TaskStart, "t2"));
+    assert_eq!(in_flight(), 2);
+    // A cancelled task is reported finished (failed): it leaves the count.
+    let cancelled = op(OperationKind::TaskFinish, "t2")
+        .with_outcome(OperationOutcome::Failed)
+        .with_error("cancelled: the caller stopped waiting before the task finished");
+    plugin.observe(&cancelled);
+    assert_eq!(in_flight(), 1);
+    plugin.observe(&op(OperationKind::TaskFinish, "t1"));
+    assert_eq!(in_flight(), 0);
+    // Two tasks sharing a correlation id on one agent are both counted, and both leave.
+    plugin.observe(&op(OperationKind::TaskStart, "shared"));
+    plugin.observe(&op(OperationKind::TaskStart, "shared"));
+    assert_eq!(in_flight(), 2);
+    plugin.observe(&op(OperationKind::TaskFinish, "shared"));
+    plugin.observe(&op(OperationKind::TaskFinish, "shared"));
+    assert_eq!(in_flight(), 0);
+    // Every finish still counts as finished for its kind.
+    let tasks = &handle.monitoring_json()["tasks"];
+    assert_eq!(
+        (tasks["started"].clone(), tasks["finished"].clone()),
+        (json!(4), json!(6))
     );
 }
 
