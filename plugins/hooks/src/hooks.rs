@@ -1,16 +1,17 @@
 //! The hooks themselves: how they are registered (from Rust through [`HookRegistry`], or by
 //! another plugin through the host), kept in run order, and run with their failures contained.
 
-use crate::isolate::{Ran, contained};
-use crate::state::{Runtime, Shared, lock, read, write};
+use crate::ids::Callbacks;
+use crate::isolate::{Ran, contained, inside_hook};
+use crate::state::{Runtime, Shared, lock};
 use plugin_api::{BoxFuture, HostHandle, IntegrationRequest, IntegrationResponse, Operation, OperationKind};
 use plugin_api::{OperationSet, PluginError, Verdict};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// What a pre-hook returns: a future of its [`Verdict`], or `Err` with why the hook itself
 /// failed (a failure, not a refusal: see [`OnFailure`]).
@@ -28,6 +29,9 @@ pub(crate) const INTERCEPTABLE: OperationSet = OperationSet::EMPTY
 
 /// The longest hook name accepted.
 const MAX_NAME_CHARS: usize = 128;
+
+/// The most hooks the plugin holds (pre and post, from Rust and through the host together).
+pub const MAX_HOOKS: usize = 256;
 
 /// Whether a hook runs before an operation (and may refuse it) or after it (and only observes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -50,7 +54,8 @@ impl HookStage {
 }
 
 /// What happens to the operation when a pre-hook fails: returns `Err`, panics or outlasts
-/// `hook_timeout_ms`. Either way the failure is recorded in the history.
+/// `hook_timeout_ms` (or what is left of the operation's `intercept_budget_ms`). Either way the
+/// failure is recorded in the history.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
@@ -159,6 +164,13 @@ pub enum HookError {
         /// The kind.
         kind: OperationKind,
     },
+    /// The plugin holds [`MAX_HOOKS`] hooks already.
+    TooManyHooks {
+        /// The hook's name.
+        name: String,
+        /// The cap ([`MAX_HOOKS`]).
+        limit: usize,
+    },
 }
 
 impl fmt::Display for HookError {
@@ -178,6 +190,10 @@ impl fmt::Display for HookError {
                 "hook {name:?}: `{kind}` operations cannot be intercepted, so they cannot have pre-hooks \
                  (pre-hooks: agent_registration, dispatch, task_start; post-hooks: any kind)"
             ),
+            HookError::TooManyHooks { name, limit } => write!(
+                f,
+                "hook {name:?}: {limit} hooks are registered already, the most the plugin holds: remove one first"
+            ),
         }
     }
 }
@@ -189,8 +205,9 @@ impl std::error::Error for HookError {}
 pub(crate) enum Source {
     /// Registered from Rust, through [`HookRegistry`].
     Rust,
-    /// Registered through the host by another plugin, which serves this capability.
-    Capability(String),
+    /// Registered through the host by another plugin, which serves `capability`; removing it
+    /// through the host takes `token`, which only its registration answered with.
+    Capability { capability: String, token: String },
 }
 
 /// One registered hook.
@@ -217,7 +234,7 @@ impl Hook {
             on_failure: self.on_failure,
             source: match &self.source {
                 Source::Rust => "rust".to_owned(),
-                Source::Capability(capability) => capability.clone(),
+                Source::Capability { capability, .. } => capability.clone(),
             },
         }
     }
@@ -260,8 +277,9 @@ impl HookInfo {
     }
 }
 
-/// Every hook, in run order, with what the plugin derives from them.
-#[derive(Default)]
+/// Every hook, in run order, with what the plugin derives from them. Published as a whole
+/// (see [`Shared::change_hooks`]): a change copies it.
+#[derive(Default, Clone)]
 pub(crate) struct HookTable {
     /// Higher priority first, then registration order: the order hooks run in.
     pub(crate) hooks: Arc<[Arc<Hook>]>,
@@ -269,8 +287,6 @@ pub(crate) struct HookTable {
     pub(crate) pre: OperationSet,
     /// Kinds with at least one post-hook.
     pub(crate) post: OperationSet,
-    /// The capabilities hooks call back: dispatches to them are never hooked.
-    callbacks: HashSet<String>,
     next_sequence: u64,
 }
 
@@ -280,6 +296,12 @@ impl HookTable {
         if self.hooks.iter().any(|h| h.name == hook.name) {
             return Err(HookError::DuplicateName {
                 name: hook.name.to_string(),
+            });
+        }
+        if self.hooks.len() >= MAX_HOOKS {
+            return Err(HookError::TooManyHooks {
+                name: hook.name.to_string(),
+                limit: MAX_HOOKS,
             });
         }
         hook.sequence = self.next_sequence;
@@ -315,24 +337,7 @@ impl HookTable {
         };
         self.pre = kinds_of(HookStage::Pre);
         self.post = kinds_of(HookStage::Post);
-        self.callbacks = hooks
-            .iter()
-            .filter_map(|h| match &h.source {
-                Source::Capability(c) => Some(c.clone()),
-                Source::Rust => None,
-            })
-            .collect();
         self.hooks = hooks.into();
-    }
-
-    /// Whether `op` is exempt from hooks: a dispatch to `lifecycle_hooks` or to a capability
-    /// a hook calls back, which would otherwise run hooks for the hooks' own calls, forever.
-    pub(crate) fn exempt(&self, op: &Operation<'_>) -> bool {
-        op.kind == OperationKind::Dispatch
-            && op
-                .capability
-                .as_deref()
-                .is_some_and(|c| c == crate::LIFECYCLE_HOOKS || self.callbacks.contains(c))
     }
 }
 
@@ -521,7 +526,7 @@ impl HookRegistry {
 
     /// Every hook, in run order.
     pub fn list(&self) -> Vec<HookInfo> {
-        read(&self.shared.hooks).hooks.iter().map(|h| h.info()).collect()
+        self.shared.hooks.load().hooks.iter().map(|h| h.info()).collect()
     }
 
     fn add(
@@ -555,17 +560,29 @@ impl HookRegistry {
 /// `{"hook", "kind", "operation"}`. For a pre-hook, an answer whose data holds
 /// `"allow": false` refuses the operation (with its `"reason"`); any other successful answer
 /// allows it; an error or `success: false` is a failure of the hook.
-pub(crate) fn remote_hook(host: HostHandle, name: Arc<str>, stage: HookStage, capability: String) -> HookFn {
+///
+/// The call goes out under a fresh random correlation id, held in `callbacks` until it
+/// answers (or is abandoned): operations under that id (the callback's own dispatch, and what
+/// the callback calls with it) are not hooked. The operation's own correlation id travels in
+/// the payload (`operation.correlation_id`), so traces still link the two.
+pub(crate) fn remote_hook(
+    host: HostHandle,
+    callbacks: Arc<Callbacks>,
+    name: Arc<str>,
+    stage: HookStage,
+    capability: String,
+) -> HookFn {
     Arc::new(move |op: Operation<'static>| -> HookFuture {
-        let correlation_id = (!op.correlation_id.is_empty()).then(|| op.correlation_id.to_string());
+        let callback = callbacks.begin();
         let data = json!({"hook": &*name, "kind": stage.as_str(), "operation": op});
-        let mut request = IntegrationRequest::new(capability.clone(), data);
-        if let Some(id) = correlation_id {
-            request = request.with_correlation_id(id);
-        }
+        let request = IntegrationRequest::new(capability.clone(), data).with_correlation_id(callback.id().to_owned());
         let call = host.call(request);
         let capability = capability.clone();
-        Box::pin(async move { verdict_of(&capability, call.await) })
+        Box::pin(async move {
+            let answer = call.await;
+            drop(callback);
+            verdict_of(&capability, answer)
+        })
     })
 }
 
@@ -605,6 +622,8 @@ pub(crate) enum RunOutcome {
     Panicked,
     /// A post-hook that completed.
     Ran,
+    /// A pre-hook not run because the operation's intercept budget ran out first.
+    Skipped,
 }
 
 impl RunOutcome {
@@ -616,6 +635,7 @@ impl RunOutcome {
             RunOutcome::TimedOut => "timed_out",
             RunOutcome::Panicked => "panicked",
             RunOutcome::Ran => "ran",
+            RunOutcome::Skipped => "skipped",
         }
     }
 }
@@ -671,29 +691,45 @@ pub(crate) const MAX_POST_RUNS_IN_FLIGHT: usize = 4096;
 impl Shared {
     /// Adds a hook and widens the host's feeds if it needs them.
     pub(crate) fn insert_hook(&self, hook: Hook) -> Result<HookInfo, HookError> {
-        let mut table = write(&self.hooks);
-        let info = table.insert(hook)?;
-        self.apply_interests(&table);
-        Ok(info)
+        self.change_hooks(|table| table.insert(hook))
     }
 
     /// Removes a hook and narrows the host's feeds if nothing needs them any more.
     pub(crate) fn remove_hook(&self, name: &str) -> Option<Arc<Hook>> {
-        let mut table = write(&self.hooks);
-        let removed = table.remove(name)?;
-        self.apply_interests(&table);
-        Some(removed)
+        self.change_hooks(|table| table.remove(name).ok_or(())).ok()
+    }
+
+    /// Whether `op` is exempt from hooks because a hook caused it: it happens while this
+    /// thread runs a hook (a Rust hook calling the orchestrator), or under the correlation id
+    /// of a hook callback in flight (a remote hook's call, and what it calls in turn). Never
+    /// by the name of what is called: any caller can name a capability.
+    ///
+    /// Not even this plugin's own capabilities (`lifecycle_hooks`, `observability`,
+    /// `performance_hooks`) are exempt by name: the plugin never calls them itself, so hooking
+    /// them cannot recurse, and a hook's own calls to them are exempt by context like any
+    /// other. A policy hook can therefore see (and refuse) hook management too.
+    fn caused_by_a_hook(&self, op: &Operation<'_>) -> bool {
+        inside_hook() || self.callbacks.is_callback(&op.correlation_id)
     }
 
     fn record(&self, run: HookRun) {
         lock(&self.history).push(run);
     }
 
-    /// Runs `hook` on a copy of `op`, contained and timed, and records the run. Returns how
-    /// it went and the reason (a veto's, or the failure's).
-    async fn run_one(&self, rt: &Runtime, hook: &Hook, op: &Operation<'static>) -> (RunOutcome, Option<String>) {
+    /// Runs `hook` on a copy of `op`, contained and bounded by `timeout`, and records the run.
+    /// `cut` says that `timeout` is what was left of the operation's intercept budget (shorter
+    /// than `hook_timeout_ms`). Returns how it went and the reason (a veto's, or the
+    /// failure's).
+    async fn run_one(
+        &self,
+        rt: &Runtime,
+        hook: &Hook,
+        op: &Operation<'static>,
+        timeout: Duration,
+        cut: bool,
+    ) -> (RunOutcome, Option<String>) {
         let started = rt.host.monotonic_ns();
-        let ran = contained(rt.host.sleep(rt.hook_timeout), || (hook.run)(op.clone())).await;
+        let ran = contained(rt.host.sleep(timeout), || (hook.run)(op.clone())).await;
         let duration_us = rt.host.monotonic_ns().saturating_sub(started) / 1_000;
         let (outcome, reason) = match ran {
             Ran::Done(Ok(Verdict::Allow)) if hook.stage == HookStage::Pre => (RunOutcome::Allowed, None),
@@ -703,9 +739,17 @@ impl Shared {
             Ran::Done(Ok(Verdict::Veto(reason))) => (RunOutcome::Vetoed, Some(reason)),
             Ran::Done(Err(why)) => (RunOutcome::Failed, Some(why)),
             Ran::Panicked(message) => (RunOutcome::Panicked, Some(format!("panicked: {message}"))),
+            Ran::TimedOut if cut => (
+                RunOutcome::TimedOut,
+                Some(format!(
+                    "did not answer within {} ms, when the operation's intercept budget of {} ms ran out",
+                    timeout.as_millis(),
+                    rt.intercept_budget.as_millis()
+                )),
+            ),
             Ran::TimedOut => (
                 RunOutcome::TimedOut,
-                Some(format!("did not answer within {} ms", rt.hook_timeout.as_millis())),
+                Some(format!("did not answer within {} ms", timeout.as_millis())),
             ),
         };
         let failed = !matches!(outcome, RunOutcome::Allowed | RunOutcome::Vetoed | RunOutcome::Ran);
@@ -735,29 +779,48 @@ impl Shared {
         (outcome, reason)
     }
 
-    /// Runs the pre-hooks for `op`'s kind in run order; the first refusal stops the rest.
+    /// Runs the pre-hooks for `op`'s kind in run order; the first refusal stops the rest. All
+    /// of them share the intercept budget: each runs for at most `hook_timeout_ms` or what is
+    /// left of the budget, whichever is less. When the budget runs out before every hook
+    /// decided, the hooks left are recorded as skipped, and the operation is refused if one of
+    /// the undecided hooks (the one cut off included) fails closed: the host would otherwise
+    /// let the operation through once its own call timeout expired.
     pub(crate) async fn run_pre_hooks(&self, op: &Operation<'_>) -> Verdict {
         let Some(rt) = self.runtime.get() else {
             return Verdict::Allow;
         };
         let hooks = {
-            let table = read(&self.hooks);
-            if !table.pre.contains(op.kind) || table.exempt(op) {
+            let table = self.hooks.load();
+            if !table.pre.contains(op.kind) {
                 return Verdict::Allow;
             }
             Arc::clone(&table.hooks)
         };
+        if self.caused_by_a_hook(op) {
+            return Verdict::Allow;
+        }
+        let started = rt.host.monotonic_ns();
+        let budget_ns = u64::try_from(rt.intercept_budget.as_nanos()).unwrap_or(u64::MAX);
         let owned = op.clone().into_owned();
-        for hook in hooks
+        let mut pending = hooks
             .iter()
-            .filter(|h| h.stage == HookStage::Pre && h.kinds.contains(op.kind))
-        {
-            let (outcome, reason) = self.run_one(rt, hook, &owned).await;
+            .filter(|h| h.stage == HookStage::Pre && h.kinds.contains(op.kind));
+        while let Some(hook) = pending.next() {
+            let left = budget_ns.saturating_sub(rt.host.monotonic_ns().saturating_sub(started));
+            if left == 0 {
+                return self.out_of_budget(rt, &owned, None, std::iter::once(hook).chain(pending));
+            }
+            let left = Duration::from_nanos(left);
+            let cut = left < rt.hook_timeout;
+            let (outcome, reason) = self.run_one(rt, hook, &owned, left.min(rt.hook_timeout), cut).await;
             let reason = reason.unwrap_or_default();
             match outcome {
                 RunOutcome::Vetoed => {
                     tracing::debug!(hook = %hook.name, kind = %op.kind, %reason, "a pre-hook refused the operation");
                     return Verdict::Veto(format!("hook {:?}: {reason}", &*hook.name));
+                }
+                RunOutcome::TimedOut if cut => {
+                    return self.out_of_budget(rt, &owned, Some(hook), pending);
                 }
                 RunOutcome::Failed | RunOutcome::TimedOut | RunOutcome::Panicked
                     if hook.on_failure == OnFailure::Veto =>
@@ -774,17 +837,68 @@ impl Shared {
         Verdict::Allow
     }
 
+    /// The intercept budget ran out: `cut_off` (already recorded as timed out) did not
+    /// decide, and `skipped` never ran. Records the skipped hooks; refuses the operation when
+    /// one of the undecided hooks fails closed.
+    fn out_of_budget<'h>(
+        &self,
+        rt: &Runtime,
+        op: &Operation<'static>,
+        cut_off: Option<&'h Arc<Hook>>,
+        skipped: impl Iterator<Item = &'h Arc<Hook>>,
+    ) -> Verdict {
+        let budget_ms = rt.intercept_budget.as_millis();
+        let fails_closed = |h: &Hook| h.on_failure == OnFailure::Veto;
+        let mut refused_by = cut_off.filter(|h| fails_closed(h)).map(|h| Arc::clone(&h.name));
+        for hook in skipped {
+            // The first undecided hook that fails closed is the one that refuses.
+            let refuses = refused_by.is_none() && fails_closed(hook);
+            if refuses {
+                refused_by = Some(Arc::clone(&hook.name));
+            }
+            self.record(HookRun {
+                hook: Arc::clone(&hook.name),
+                event: op.kind,
+                stage: hook.stage,
+                outcome: RunOutcome::Skipped,
+                reason: Some(format!(
+                    "the operation's intercept budget of {budget_ms} ms ran out before it ran"
+                )),
+                refused: refuses,
+                duration_us: 0,
+                correlation_id: op.correlation_id.to_string(),
+                at_ms: rt.host.now_unix_ms(),
+            });
+        }
+        tracing::warn!(
+            kind = %op.kind,
+            budget_ms = u64::try_from(budget_ms).unwrap_or(u64::MAX),
+            refused_by = refused_by.as_deref().unwrap_or_default(),
+            "the intercept budget ran out before every pre-hook decided"
+        );
+        match refused_by {
+            Some(name) => Verdict::Veto(format!(
+                "the intercept budget of {budget_ms} ms ran out before hook {:?} decided, and it fails closed",
+                &*name
+            )),
+            None => Verdict::Allow,
+        }
+    }
+
     /// Starts the post-hooks for `op`'s kind on a task of the host's, if there are any: the
     /// caller only pays for copying the operation.
     pub(crate) fn enqueue_post_hooks(self: &Arc<Self>, op: &Operation<'_>) {
         let Some(rt) = self.runtime.get() else { return };
         let hooks = {
-            let table = read(&self.hooks);
-            if !table.post.contains(op.kind) || table.exempt(op) {
+            let table = self.hooks.load();
+            if !table.post.contains(op.kind) {
                 return;
             }
             Arc::clone(&table.hooks)
         };
+        if self.caused_by_a_hook(op) {
+            return;
+        }
         if self.post_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_POST_RUNS_IN_FLIGHT {
             self.post_in_flight.fetch_sub(1, Ordering::AcqRel);
             self.post_dropped.fetch_add(1, Ordering::Relaxed);
@@ -800,7 +914,7 @@ impl Shared {
                 .iter()
                 .filter(|h| h.stage == HookStage::Post && h.kinds.contains(owned.kind))
             {
-                shared.run_one(rt, hook, &owned).await;
+                shared.run_one(rt, hook, &owned, rt.hook_timeout, false).await;
             }
         });
     }
@@ -849,7 +963,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_unique_and_the_table_knows_its_kinds_and_callbacks() {
+    fn names_are_unique_and_the_table_knows_its_kinds() {
         let mut table = HookTable::default();
         let task_finish = OperationKind::TaskFinish.into_operation_set();
         table
@@ -858,7 +972,10 @@ mod tests {
                 HookStage::Pre,
                 dispatch(),
                 0,
-                Source::Capability("gate".into()),
+                Source::Capability {
+                    capability: "gate".into(),
+                    token: "t".into(),
+                },
             ))
             .expect("inserts");
         table
@@ -868,12 +985,36 @@ mod tests {
         assert_eq!(duplicate.err(), Some(HookError::DuplicateName { name: "a".into() }));
         assert_eq!(table.pre, dispatch());
         assert_eq!(table.post, task_finish);
-        let to = |cap: &str| Operation::new(OperationKind::Dispatch, "c").with_capability(cap.to_owned());
-        assert!(table.exempt(&to("gate")));
-        assert!(table.exempt(&to(crate::LIFECYCLE_HOOKS)));
-        assert!(!table.exempt(&to("other")));
         assert!(table.remove("a").is_some() && table.remove("a").is_none());
-        assert!(table.pre.is_empty() && !table.exempt(&to("gate")));
+        assert!(table.pre.is_empty());
+    }
+
+    #[test]
+    fn the_number_of_hooks_is_capped() {
+        let mut table = HookTable::default();
+        let finish = OperationKind::TaskFinish.into_operation_set();
+        for i in 0..MAX_HOOKS {
+            table
+                .insert(hook(&format!("h{i}"), HookStage::Post, finish, 0, Source::Rust))
+                .expect("under the cap");
+        }
+        let refused = table
+            .insert(hook("one-too-many", HookStage::Post, finish, 0, Source::Rust))
+            .expect_err("over the cap");
+        assert_eq!(
+            refused,
+            HookError::TooManyHooks {
+                name: "one-too-many".into(),
+                limit: 256
+            }
+        );
+        assert!(refused.to_string().contains("256"), "{refused}");
+        assert!(table.remove("h0").is_some());
+        assert!(
+            table
+                .insert(hook("one-too-many", HookStage::Post, finish, 0, Source::Rust))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -4,13 +4,48 @@
 //! The timer is a future the caller brings (the host's `sleep`), so that this works the same in
 //! a plugin linked statically and in one loaded from a dynamic library, which must not touch an
 //! async runtime itself.
+//!
+//! While a hook is called or its future polled, a thread-local marker says so
+//! ([`inside_hook`]). An operation a hook causes by calling the orchestrator directly (a Rust
+//! hook holding an `Orchestrator` clone and awaiting `execute`) reaches this plugin's
+//! `intercept` and `observe` on the same thread, inside that poll: the plugin sees the marker
+//! and does not hook it, so a hook cannot re-enter itself without end (and overflow the stack).
 
 use plugin_api::BoxFuture;
 use plugin_api::ffi::{CatchUnwind, panic_message};
+use std::cell::Cell;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::Poll;
+
+thread_local! {
+    /// Whether this thread is calling a hook or polling its future.
+    static INSIDE_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is inside a hook (calling it or polling its future): the
+/// operations the hook causes there are not hooked.
+pub(crate) fn inside_hook() -> bool {
+    INSIDE_HOOK.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Marks the thread as inside a hook until dropped (then restores what was there, so that
+/// nesting and unwinding leave it right).
+struct Inside(bool);
+
+impl Inside {
+    fn enter() -> Self {
+        Inside(INSIDE_HOOK.try_with(|c| c.replace(true)).unwrap_or(false))
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        let previous = self.0;
+        let _ = INSIDE_HOOK.try_with(|c| c.set(previous));
+    }
+}
 
 /// How a contained run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,14 +65,22 @@ pub(crate) async fn contained<T>(
     timer: BoxFuture<'static, ()>,
     make: impl FnOnce() -> BoxFuture<'static, T>,
 ) -> Ran<T> {
-    let future = match panic::catch_unwind(AssertUnwindSafe(make)) {
+    let made = {
+        let _inside = Inside::enter();
+        panic::catch_unwind(AssertUnwindSafe(make))
+    };
+    let future = match made {
         Ok(future) => future,
         Err(payload) => return Ran::Panicked(panic_message(payload.as_ref())),
     };
     let mut call = CatchUnwind(future);
     let mut timer = timer;
     std::future::poll_fn(move |cx| {
-        if let Poll::Ready(result) = Pin::new(&mut call).poll(cx) {
+        let polled = {
+            let _inside = Inside::enter();
+            Pin::new(&mut call).poll(cx)
+        };
+        if let Poll::Ready(result) = polled {
             return Poll::Ready(match result {
                 Ok(value) => Ran::Done(value),
                 Err(payload) => Ran::Panicked(panic_message(payload.as_ref())),
@@ -64,6 +107,19 @@ mod tests {
 
     fn now() -> BoxFuture<'static, ()> {
         Box::pin(std::future::ready(()))
+    }
+
+    #[test]
+    fn the_thread_is_marked_inside_a_hook_only_while_it_runs() {
+        assert!(!inside_hook());
+        let ran = block_on(contained(never(), || {
+            let at_call = inside_hook();
+            Box::pin(async move { (at_call, inside_hook()) })
+        }));
+        assert_eq!(ran, Ran::Done((true, true)));
+        assert!(!inside_hook(), "restored after the run");
+        let _: Ran<()> = block_on(contained(never(), || panic!("unwinds")));
+        assert!(!inside_hook(), "restored after a panic");
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! Slow-operation detection for `performance_hooks`: thresholds per operation name, the most
-//! specific one applying, checked in `observe` without allocating unless the operation was slow.
+//! specific one applying, checked in `observe` without allocating unless the operation was slow;
+//! the slow operations kept, and the rate limit on the `slow_operation` events they announce.
 
+use crate::ring::Ring;
 use plugin_api::{Operation, OperationKind, OperationOutcome, is_valid_capability_name};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+
+/// The most thresholds kept (names, general and specific together), so that callers cannot
+/// grow the table without bound.
+pub(crate) const MAX_THRESHOLDS: usize = 1_024;
 
 /// What a threshold applies to, read from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +63,7 @@ impl Target {
 
 /// The thresholds, in milliseconds, kept so that looking one up for an operation borrows its
 /// strings instead of formatting a name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Thresholds {
     dispatch: Option<u64>,
     dispatch_by_capability: HashMap<String, u64>,
@@ -67,6 +73,38 @@ pub(crate) struct Thresholds {
 }
 
 impl Thresholds {
+    /// How many thresholds are set.
+    pub(crate) fn len(&self) -> usize {
+        [self.dispatch, self.task, self.agent_registration]
+            .iter()
+            .filter(|t| t.is_some())
+            .count()
+            + self.dispatch_by_capability.len()
+            + self.task_by_kind.len()
+    }
+
+    /// Whether a threshold is set for `target`.
+    fn has(&self, target: &Target) -> bool {
+        match target {
+            Target::Dispatch(None) => self.dispatch.is_some(),
+            Target::Dispatch(Some(c)) => self.dispatch_by_capability.contains_key(c),
+            Target::Task(None) => self.task.is_some(),
+            Target::Task(Some(k)) => self.task_by_kind.contains_key(k),
+            Target::AgentRegistration => self.agent_registration.is_some(),
+        }
+    }
+
+    /// Like [`set`](Self::set), refusing a new threshold beyond [`MAX_THRESHOLDS`].
+    pub(crate) fn try_set(&mut self, target: &Target, ms: Option<u64>) -> Result<Option<u64>, String> {
+        if ms.is_some() && !self.has(target) && self.len() >= MAX_THRESHOLDS {
+            return Err(format!(
+                "there are {MAX_THRESHOLDS} thresholds already, the most kept: clear one before adding {:?}",
+                target.name()
+            ));
+        }
+        Ok(self.set(target, ms))
+    }
+
     /// Sets (`Some`) or removes (`None`) the threshold for `target`; returns the previous one.
     pub(crate) fn set(&mut self, target: &Target, ms: Option<u64>) -> Option<u64> {
         fn put(slot: &mut Option<u64>, ms: Option<u64>) -> Option<u64> {
@@ -168,6 +206,54 @@ impl Thresholds {
     }
 }
 
+/// The slow operations kept, and the token bucket that limits their events.
+#[derive(Debug)]
+pub(crate) struct SlowLog {
+    pub(crate) ring: Ring<SlowRecord>,
+    /// At most this many events a second (also the burst).
+    per_s: u64,
+    /// Tokens, in billionths (so that a nanosecond refills `per_s` of them).
+    tokens: u64,
+    /// When the bucket was last refilled, on the host's monotonic clock; `None` before the
+    /// first event (the bucket starts full).
+    refilled_ns: Option<u64>,
+    /// Events not emitted because the rate was exceeded.
+    pub(crate) suppressed: u64,
+}
+
+const TOKEN: u64 = 1_000_000_000;
+
+impl SlowLog {
+    /// Keeps `capacity` slow operations; emits at most `per_s` events a second.
+    pub(crate) fn new(capacity: usize, per_s: u64) -> Self {
+        let per_s = per_s.max(1);
+        Self {
+            ring: Ring::new(capacity),
+            per_s,
+            tokens: per_s.saturating_mul(TOKEN),
+            refilled_ns: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether an event may be emitted at `now_ns`; counts it as suppressed when not.
+    pub(crate) fn take_event(&mut self, now_ns: u64) -> bool {
+        let full = self.per_s.saturating_mul(TOKEN);
+        if let Some(last) = self.refilled_ns {
+            let refill = now_ns.saturating_sub(last).saturating_mul(self.per_s);
+            self.tokens = self.tokens.saturating_add(refill).min(full);
+        }
+        self.refilled_ns = Some(now_ns.max(self.refilled_ns.unwrap_or(0)));
+        if self.tokens >= TOKEN {
+            self.tokens -= TOKEN;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
 /// One operation slower than its threshold.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SlowRecord {
@@ -224,6 +310,41 @@ impl SlowRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_operation_events_are_limited_by_a_token_bucket() {
+        let mut log = SlowLog::new(10, 3);
+        let second = 1_000_000_000;
+        // A burst of the rate, then nothing until time refills the bucket.
+        let emitted = (0..5).filter(|_| log.take_event(10)).count();
+        assert_eq!((emitted, log.suppressed), (3, 2));
+        assert!(!log.take_event(10 + second / 6), "half a token is not enough");
+        assert!(log.take_event(10 + second / 3 + 1), "a third of a second refills one");
+        assert!(!log.take_event(10 + second / 3 + 2));
+        // A long pause refills the bucket to its size only.
+        let later = 100 * second;
+        assert_eq!((0..5).filter(|_| log.take_event(later)).count(), 3);
+        assert_eq!(log.suppressed, 2 + 1 + 1 + 2);
+        // A clock read out of order takes nothing back.
+        assert!(!log.take_event(later - second));
+    }
+
+    #[test]
+    fn thresholds_are_capped() {
+        let mut t = Thresholds::default();
+        for i in 0..MAX_THRESHOLDS - 1 {
+            t.try_set(&Target::Task(Some(format!("k{i}"))), Some(1))
+                .expect("under the cap");
+        }
+        t.try_set(&Target::Dispatch(None), Some(1)).expect("the last one");
+        assert_eq!(t.len(), MAX_THRESHOLDS);
+        let err = t.try_set(&Target::Task(None), Some(1)).expect_err("over the cap");
+        assert!(err.contains("1024"), "{err}");
+        // Changing or clearing a threshold that is set is always allowed.
+        assert_eq!(t.try_set(&Target::Dispatch(None), Some(5)), Ok(Some(1)));
+        assert_eq!(t.try_set(&Target::Task(Some("k0".into())), None), Ok(Some(1)));
+        assert_eq!(t.try_set(&Target::Task(None), Some(1)), Ok(None));
+    }
 
     #[test]
     fn names_are_read_and_written_back() {

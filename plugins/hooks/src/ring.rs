@@ -41,6 +41,18 @@ impl<T> Ring<T> {
         self.entries.push_back(entry);
     }
 
+    /// Pushes the entry `make` builds, handing it the entry about to be forgotten (when the
+    /// buffer is full) so that its allocations can be reused: a full buffer then records
+    /// without allocating.
+    pub(crate) fn push_reusing(&mut self, make: impl FnOnce(Option<T>) -> T) {
+        let recycled = if self.entries.len() >= self.capacity {
+            self.entries.pop_front()
+        } else {
+            None
+        };
+        self.entries.push_back(make(recycled));
+    }
+
     /// The entries, newest first.
     pub(crate) fn newest_first(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().rev()

@@ -24,27 +24,63 @@ pub(crate) struct SpanRecord {
 
 impl SpanRecord {
     /// The span of `op`, for the kinds that have one.
+    #[cfg(test)]
     pub(crate) fn of(op: &Operation<'_>) -> Option<Self> {
-        let name = match op.kind {
-            OperationKind::Dispatch => "execute_tool",
-            OperationKind::TaskFinish => "invoke_agent",
-            OperationKind::AgentRegistration => "register_agent",
-            _ => return None,
-        };
+        Self::name_of(op.kind).map(|name| Self::fill(None, name, op))
+    }
+
+    /// The span name of an operation kind, `None` for kinds that make no span.
+    pub(crate) fn name_of(kind: OperationKind) -> Option<&'static str> {
+        match kind {
+            OperationKind::Dispatch => Some("execute_tool"),
+            OperationKind::TaskFinish => Some("invoke_agent"),
+            OperationKind::AgentRegistration => Some("register_agent"),
+            _ => None,
+        }
+    }
+
+    /// The record of `op` (whose kind makes the span `name`), written into `recycled`'s
+    /// buffers when given one: no allocation once the strings have grown to size.
+    pub(crate) fn fill(recycled: Option<Self>, name: &'static str, op: &Operation<'_>) -> Self {
         let own = |s: &Option<std::borrow::Cow<'_, str>>| s.as_deref().map(str::to_owned);
-        Some(Self {
-            name,
-            correlation_id: op.correlation_id.to_string(),
-            capability: own(&op.capability),
-            agent_id: own(&op.agent_id),
-            served_by: own(&op.plugin),
-            task_kind: own(&op.task_kind),
-            outcome: op.outcome,
-            fallback: op.fallback,
-            error: own(&op.error),
-            duration_us: op.duration_ns / 1_000,
-            at_ns: op.at_ns,
-        })
+        let Some(mut record) = recycled else {
+            return Self {
+                name,
+                correlation_id: op.correlation_id.to_string(),
+                capability: own(&op.capability),
+                agent_id: own(&op.agent_id),
+                served_by: own(&op.plugin),
+                task_kind: own(&op.task_kind),
+                outcome: op.outcome,
+                fallback: op.fallback,
+                error: own(&op.error),
+                duration_us: op.duration_ns / 1_000,
+                at_ns: op.at_ns,
+            };
+        };
+        record.name = name;
+        fn refill(slot: &mut Option<String>, value: Option<&str>) {
+            match (slot.as_mut(), value) {
+                (Some(buffer), Some(value)) => {
+                    buffer.clear();
+                    buffer.push_str(value);
+                }
+                (None, Some(value)) => *slot = Some(value.to_owned()),
+                (_, None) => *slot = None,
+            }
+        }
+        record.correlation_id.clear();
+        record.correlation_id.push_str(&op.correlation_id);
+        refill(&mut record.capability, op.capability.as_deref());
+        refill(&mut record.agent_id, op.agent_id.as_deref());
+        refill(&mut record.served_by, op.plugin.as_deref());
+        refill(&mut record.task_kind, op.task_kind.as_deref());
+        refill(&mut record.error, op.error.as_deref());
+        record.outcome = op.outcome;
+        record.fallback = op.fallback;
+        record.duration_us = op.duration_ns / 1_000;
+        record.at_ns = op.at_ns;
+        record
     }
 
     /// Whether it belongs to `correlation_id` (any, when `None`).
@@ -148,5 +184,25 @@ mod tests {
         assert_eq!(fields["vetoed_by"], "HookIntegrationPlugin");
         assert!(fields.get("served_by").is_none());
         assert!(SpanRecord::of(&Operation::new(OperationKind::AgentStatusChange, "")).is_none());
+    }
+
+    #[test]
+    fn a_recycled_record_is_rewritten_whole() {
+        let first = Operation::new(OperationKind::Dispatch, "c-1")
+            .with_capability("a_long_capability_name")
+            .with_agent("a1")
+            .with_plugin("P")
+            .with_error("boom")
+            .with_outcome(OperationOutcome::Failed);
+        let second = Operation::new(OperationKind::TaskFinish, "c-2")
+            .with_task_kind("build")
+            .with_outcome(OperationOutcome::Succeeded)
+            .with_duration_ns(5_000);
+        let recycled = SpanRecord::of(&first);
+        let name = SpanRecord::name_of(second.kind).expect("a span kind");
+        assert_eq!(
+            SpanRecord::fill(recycled, name, &second),
+            SpanRecord::of(&second).expect("a span")
+        );
     }
 }

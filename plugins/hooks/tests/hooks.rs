@@ -67,7 +67,11 @@ impl OrchestrationPlugin for Workbench {
 /// to, it registers itself as a pre-hook on dispatches through the host while it initializes.
 struct Gatekeeper {
     register_on_init: bool,
+    /// The data of each callback, with the correlation id it came under.
     asked: Arc<Mutex<Vec<Value>>>,
+    asked_ids: Arc<Mutex<Vec<String>>>,
+    /// The token its registration answered with.
+    token: Arc<Mutex<Option<String>>>,
 }
 
 impl Gatekeeper {
@@ -75,6 +79,8 @@ impl Gatekeeper {
         Self {
             register_on_init,
             asked: Arc::default(),
+            asked_ids: Arc::default(),
+            token: Arc::default(),
         }
     }
 }
@@ -99,11 +105,16 @@ impl OrchestrationPlugin for Gatekeeper {
             if !answer.success {
                 return Err(PluginError::new(format!("registering the hook failed: {answer:?}")));
             }
+            *self.token.lock().expect("lock") = answer.data["token"].as_str().map(str::to_owned);
         }
         Ok(())
     }
     async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         self.asked.lock().expect("lock").push(request.data.clone());
+        self.asked_ids
+            .lock()
+            .expect("lock")
+            .push(request.correlation_id.clone().unwrap_or_default());
         let capability = request.data["operation"]["capability"].as_str().unwrap_or_default();
         if capability == "forbidden_cap" {
             Ok(IntegrationResponse::ok(
@@ -560,6 +571,7 @@ async fn a_fail_closed_hook_that_fails_refuses_the_operation() {
 async fn a_plugin_registers_a_hook_through_the_host_and_its_veto_works() {
     let gatekeeper = Gatekeeper::new(true);
     let asked = Arc::clone(&gatekeeper.asked);
+    let token = Arc::clone(&gatekeeper.token);
     let workbench = Workbench::default();
     let calls = workbench.calls();
     let orch = Orchestrator::builder()
@@ -608,11 +620,16 @@ async fn a_plugin_registers_a_hook_through_the_host_and_its_veto_works() {
         "the callback's own dispatches are not hooked"
     );
 
-    // Unregistered through the host, the hook is gone and the feed with it.
+    // Unregistered through the host (with its token), the hook is gone and the feed with it.
+    let token = token
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("the registration answered a token");
     let answer = call(
         &orch,
         "lifecycle_hooks",
-        json!({"op": "unregister", "name": "gatekeeper"}),
+        json!({"op": "unregister", "name": "gatekeeper", "token": token}),
     )
     .await;
     assert_eq!(answer["unregistered"]["name"], "gatekeeper");
@@ -626,7 +643,7 @@ async fn a_failing_callback_is_a_hook_failure_not_a_veto() {
     let plugin = HookIntegrationPlugin::new();
     let (orch, calls) = build(plugin, Value::Null).await;
     // Nothing serves `missing_gate`: the call fails, the hook fails open.
-    call(
+    let registered = call(
         &orch,
         "lifecycle_hooks",
         json!({"op": "register", "name": "ghost", "event": "dispatch", "kind": "pre", "capability": "missing_gate"}),
@@ -640,7 +657,12 @@ async fn a_failing_callback_is_a_hook_failure_not_a_veto() {
             .contains(&("ghost".to_owned(), "failed".to_owned()))
     );
     // Failing closed, the same hook refuses.
-    call(&orch, "lifecycle_hooks", json!({"op": "unregister", "name": "ghost"})).await;
+    call(
+        &orch,
+        "lifecycle_hooks",
+        json!({"op": "unregister", "name": "ghost", "token": registered["token"]}),
+    )
+    .await;
     call(
         &orch,
         "lifecycle_hooks",
@@ -846,7 +868,7 @@ async fn the_hosts_feeds_follow_the_hooks() {
     assert!(hooks.remove("gate"));
     assert_eq!(interests_of(&orch, NAME), base);
 
-    call(
+    let registered = call(
         &orch,
         "lifecycle_hooks",
         json!({"op": "register", "name": "status-watch", "event": "agent_status_change", "kind": "post", "capability": "echo"}),
@@ -860,7 +882,7 @@ async fn the_hosts_feeds_follow_the_hooks() {
     call(
         &orch,
         "lifecycle_hooks",
-        json!({"op": "unregister", "name": "status-watch"}),
+        json!({"op": "unregister", "name": "status-watch", "token": registered["token"]}),
     )
     .await;
     assert_eq!(interests_of(&orch, NAME), base);
@@ -918,6 +940,10 @@ async fn garbage_is_refused_on_every_capability() {
         ("lifecycle_hooks", json!({"op": "unregister"})),
         ("lifecycle_hooks", json!({"op": "unregister", "name": "nobody"})),
         ("lifecycle_hooks", json!({"op": "unregister", "name": "rusty"})),
+        (
+            "lifecycle_hooks",
+            json!({"op": "unregister", "name": "rusty", "token": 5}),
+        ),
         ("observability", json!(7)),
         ("observability", json!({"op": "old"})),
         ("observability", json!({"limit": 0})),
@@ -977,6 +1003,8 @@ async fn garbage_is_refused_on_every_capability() {
         (json!({"hook_timeout": 5}), "hook_timeout"),
         (json!({"hook_timeout_ms": 0}), "hook_timeout_ms"),
         (json!({"span_buffer": 0}), "span_buffer"),
+        (json!({"span_buffer": 65_537}), "65536"),
+        (json!({"intercept_budget_ms": 0}), "intercept_budget_ms"),
         (json!({"thresholds_ms": {"dispatch:x": 0}}), "dispatch:x"),
         (json!({"thresholds_ms": {"nothing": 5}}), "nothing"),
     ] {
@@ -988,6 +1016,434 @@ async fn garbage_is_refused_on_every_capability() {
             .expect_err("a bad configuration");
         assert!(err.to_string().contains(key), "{config}: {err}");
     }
+}
+
+/// The runs recorded for the operation of `correlation_id`, as `(hook, outcome, refused)`,
+/// oldest first.
+async fn runs_of(orch: &Orchestrator, correlation_id: &str) -> Vec<(String, String, bool)> {
+    let answer = call(orch, "lifecycle_hooks", json!({"op": "history"})).await;
+    let mut runs: Vec<(String, String, bool)> = answer["history"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|r| r["correlation_id"] == correlation_id)
+        .map(|r| {
+            (
+                r["hook"].as_str().expect("hook").to_owned(),
+                r["outcome"].as_str().expect("outcome").to_owned(),
+                r["refused"].as_bool().expect("refused"),
+            )
+        })
+        .collect();
+    runs.reverse();
+    runs
+}
+
+fn run(hook: &str, outcome: &str, refused: bool) -> (String, String, bool) {
+    (hook.to_owned(), outcome.to_owned(), refused)
+}
+
+/// A pre-hook that never answers for dispatches of `echo` and allows everything else.
+fn hangs_on_echo(op: Operation<'static>) -> plugin_hooks::HookFuture {
+    let hang = op.capability.as_deref() == Some("echo");
+    Box::pin(async move {
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        Ok(Verdict::Allow)
+    })
+}
+
+#[tokio::test]
+async fn naming_a_capability_as_a_hook_callback_does_not_exempt_it_from_hooks() {
+    let plugin = HookIntegrationPlugin::new();
+    plugin
+        .hooks()
+        .pre_hook_with(
+            "no-forbidden",
+            OperationKind::Dispatch,
+            HookOptions::default().fail_closed(),
+            |op| {
+                let forbidden = op.capability.as_deref() == Some("forbidden_cap");
+                Box::pin(async move {
+                    Ok(if forbidden {
+                        Verdict::Veto("forbidden_cap is closed".into())
+                    } else {
+                        Verdict::Allow
+                    })
+                })
+            },
+        )
+        .expect("adds");
+    let (orch, calls) = build(plugin, Value::Null).await;
+    // Any caller may register harmless hooks that name `forbidden_cap` as their callback ...
+    for (name, event, kind) in [
+        ("decoy-post", "agent_status_change", "post"),
+        ("decoy-pre", "task_start", "pre"),
+    ] {
+        call(
+            &orch,
+            "lifecycle_hooks",
+            json!({"op": "register", "name": name, "event": event, "kind": kind, "capability": "forbidden_cap"}),
+        )
+        .await;
+    }
+    // ... which does not switch off the hooks of `forbidden_cap`.
+    let err = orch
+        .execute(IntegrationRequest::new("forbidden_cap", json!({})))
+        .await
+        .expect_err("still refused");
+    assert!(err.to_string().contains("forbidden_cap is closed"), "{err}");
+    assert_eq!(count(&calls, "forbidden_cap"), 0);
+}
+
+#[tokio::test]
+async fn a_callback_runs_under_a_fresh_correlation_id_linked_in_its_payload() {
+    let gatekeeper = Gatekeeper::new(true);
+    let asked = Arc::clone(&gatekeeper.asked);
+    let asked_ids = Arc::clone(&gatekeeper.asked_ids);
+    let plugin = HookIntegrationPlugin::new();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let saw = Arc::clone(&seen);
+    plugin
+        .hooks()
+        .pre_hook_fn("watch", OperationKind::Dispatch, 0, move |op| {
+            saw.lock()
+                .expect("lock")
+                .push(op.capability.as_deref().unwrap_or_default().to_owned());
+            Verdict::Allow
+        })
+        .expect("adds");
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .plugin(plugin)
+        .plugin(Workbench::default())
+        .plugin(gatekeeper)
+        .build()
+        .await
+        .expect("builds");
+
+    orch.execute(IntegrationRequest::new("echo", json!({})).with_correlation_id("trace-7"))
+        .await
+        .expect("answers");
+    let (data, callback_id) = {
+        let asked = asked.lock().expect("lock");
+        let ids = asked_ids.lock().expect("lock");
+        let at = asked
+            .iter()
+            .position(|a| a["operation"]["capability"] == "echo")
+            .expect("the gatekeeper was asked about echo");
+        (asked[at].clone(), ids[at].clone())
+    };
+    assert_eq!(
+        data["operation"]["correlation_id"], "trace-7",
+        "the payload links the two"
+    );
+    assert_ne!(callback_id, "trace-7");
+    assert!(
+        callback_id.len() == 32 && callback_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{callback_id}"
+    );
+    // The callback's own dispatch ran no hook, neither the remote one nor the Rust one ...
+    assert!(
+        asked
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|a| a["operation"]["capability"] != "gate_check")
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.contains(&"echo".to_owned()) && !seen.contains(&"gate_check".to_owned()),
+        "{seen:?}"
+    );
+    // ... and is still recorded as a span, under its own id.
+    let spans = call(&orch, "observability", json!({"correlation_id": callback_id})).await;
+    assert_eq!(spans["spans"][0]["fields"]["gen_ai.tool.name"], "gate_check", "{spans}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_hook_callback_does_not_set_off_post_hooks_again() {
+    let (orch, calls) = build(HookIntegrationPlugin::new(), Value::Null).await;
+    call(
+        &orch,
+        "lifecycle_hooks",
+        json!({"op": "register", "name": "audit", "event": "dispatch", "kind": "post", "capability": "echo"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = count(&calls, "echo");
+    call(&orch, "nap", json!({"ms": 0})).await;
+    eventually("the post-hook's callback ran", || async {
+        count(&calls, "echo") > before
+    })
+    .await;
+    // Each callback is a dispatch the post-hook would hear of, and answer with a callback...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&calls, "echo"),
+        before + 1,
+        "the callback's dispatch ran no post-hook"
+    );
+}
+
+#[tokio::test]
+async fn unregistering_a_remote_hook_takes_its_token() {
+    let (orch, _) = build(HookIntegrationPlugin::new(), Value::Null).await;
+    let register = |name: &str| json!({"op": "register", "name": name, "event": "agent_status_change", "kind": "post", "capability": "echo"});
+    let first = call(&orch, "lifecycle_hooks", register("watch")).await;
+    let token = first["token"].as_str().expect("a token").to_owned();
+    assert!(
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let second = call(&orch, "lifecycle_hooks", register("watch-2")).await;
+    let other = second["token"].as_str().expect("a token").to_owned();
+    assert_ne!(token, other);
+    let listed = call(&orch, "lifecycle_hooks", json!({"op": "list"})).await;
+    assert!(!listed.to_string().contains(&token), "tokens are never listed");
+
+    let mut altered = token.clone();
+    let last = if altered.ends_with('0') { "1" } else { "0" };
+    altered.replace_range(31.., last);
+    for attempt in [
+        json!({"op": "unregister", "name": "watch"}),
+        json!({"op": "unregister", "name": "watch", "token": other}),
+        json!({"op": "unregister", "name": "watch", "token": altered}),
+        json!({"op": "unregister", "name": "watch", "token": ""}),
+    ] {
+        let message = refused(&orch, "lifecycle_hooks", attempt.clone()).await;
+        assert!(message.contains("token"), "{attempt}: {message}");
+    }
+    let listed = call(&orch, "lifecycle_hooks", json!({"op": "list"})).await;
+    assert_eq!(listed["hooks"].as_array().map(Vec::len), Some(2), "nothing was removed");
+    let removed = call(
+        &orch,
+        "lifecycle_hooks",
+        json!({"op": "unregister", "name": "watch", "token": token}),
+    )
+    .await;
+    assert_eq!(removed["unregistered"]["name"], "watch");
+    let listed = call(&orch, "lifecycle_hooks", json!({"op": "list"})).await;
+    assert_eq!(listed["hooks"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn the_number_of_hooks_is_capped_at_256() {
+    let plugin = HookIntegrationPlugin::new();
+    let hooks = plugin.hooks();
+    for i in 0..255 {
+        hooks
+            .post_hook(format!("h{i}"), OperationKind::AgentStatusChange, 0, |_| {})
+            .expect("under the cap");
+    }
+    let (orch, _) = build(plugin, Value::Null).await;
+    let register = |name: &str| json!({"op": "register", "name": name, "event": "agent_status_change", "kind": "post", "capability": "echo"});
+    call(&orch, "lifecycle_hooks", register("remote-256")).await;
+    let err = hooks
+        .post_hook("rust-257", OperationKind::AgentStatusChange, 0, |_| {})
+        .expect_err("over the cap");
+    assert!(err.to_string().contains("256"), "{err}");
+    let message = refused(&orch, "lifecycle_hooks", register("remote-257")).await;
+    assert!(message.contains("256"), "{message}");
+    assert_eq!(hooks.list().len(), 256);
+    assert!(hooks.remove("h0"));
+    call(&orch, "lifecycle_hooks", register("remote-257")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_hook_that_calls_execute_again_is_not_re_entered() {
+    let plugin = HookIntegrationPlugin::new();
+    let cell: Arc<OnceLock<Orchestrator>> = Arc::default();
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (orchestrator, ran) = (Arc::clone(&cell), Arc::clone(&runs));
+    plugin
+        .hooks()
+        .pre_hook("re-enters", OperationKind::Dispatch, 0, move |op| {
+            let orch = orchestrator.get().cloned();
+            let ran = Arc::clone(&ran);
+            Box::pin(async move {
+                if op.capability.as_deref() != Some("echo") {
+                    return Ok(Verdict::Allow);
+                }
+                // Bounded here so that a regression fails this test instead of overflowing
+                // the stack of the whole test binary.
+                if ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 8 {
+                    return Ok(Verdict::Veto("re-entered".into()));
+                }
+                if let Some(orch) = orch {
+                    orch.execute(IntegrationRequest::new("echo", json!({"inner": true})))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(Verdict::Allow)
+            })
+        })
+        .expect("adds");
+    let (orch, calls) = build(plugin, json!({"hook_timeout_ms": 1000})).await;
+    let _ = cell.set(orch.clone());
+    tokio::time::timeout(Duration::from_secs(5), call(&orch, "echo", json!({})))
+        .await
+        .expect("completes");
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the hook's own call was not hooked"
+    );
+    assert_eq!(
+        count(&calls, "echo"),
+        2,
+        "the hook's call and the outer call were both served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_fail_closed_hook_is_refused_within_the_hosts_call_timeout() {
+    let plugin = HookIntegrationPlugin::new();
+    plugin
+        .hooks()
+        .pre_hook_with(
+            "hangs-closed",
+            OperationKind::Dispatch,
+            HookOptions::default().fail_closed(),
+            hangs_on_echo,
+        )
+        .expect("adds");
+    // The hook's own bound is far beyond the host's call timeout (left at its default): only
+    // the intercept budget (1.5 s by default) can refuse before the host lets the call through.
+    let (orch, calls) = build(plugin, json!({"hook_timeout_ms": 10000})).await;
+    assert_eq!(orch.call_timeout(), Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        orch.execute(IntegrationRequest::new("echo", json!({})).with_correlation_id("hang-1")),
+    )
+    .await
+    .expect("answers")
+    .expect_err("refused, not let through");
+    assert!(
+        matches!(err, OrchestratorError::Dispatch(DispatchError::Vetoed { .. })),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the intercept budget of 1500 ms ran out before hook \"hangs-closed\" decided"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(count(&calls, "echo"), 0);
+    assert_eq!(runs_of(&orch, "hang-1").await, [run("hangs-closed", "timed_out", true)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_left_when_the_intercept_budget_runs_out_are_skipped() {
+    let plugin = HookIntegrationPlugin::new();
+    let hooks = plugin.hooks();
+    hooks
+        .pre_hook("slow-open", OperationKind::Dispatch, 2, hangs_on_echo)
+        .expect("adds");
+    hooks
+        .pre_hook_with(
+            "strict",
+            OperationKind::Dispatch,
+            HookOptions::default().with_priority(1).fail_closed(),
+            |_| Box::pin(async { Ok(Verdict::Allow) }),
+        )
+        .expect("adds");
+    hooks
+        .pre_hook_fn("lenient", OperationKind::Dispatch, 0, |_| Verdict::Allow)
+        .expect("adds");
+    let (orch, calls) = build(plugin, json!({"hook_timeout_ms": 10000, "intercept_budget_ms": 150})).await;
+
+    let err = orch
+        .execute(IntegrationRequest::new("echo", json!({})).with_correlation_id("budget-1"))
+        .await
+        .expect_err("a fail-closed hook never got to decide");
+    assert!(
+        err.to_string()
+            .contains("the intercept budget of 150 ms ran out before hook \"strict\" decided"),
+        "{err}"
+    );
+    assert_eq!(count(&calls, "echo"), 0);
+    assert_eq!(
+        runs_of(&orch, "budget-1").await,
+        [
+            run("slow-open", "timed_out", false),
+            run("strict", "skipped", true),
+            run("lenient", "skipped", false)
+        ]
+    );
+
+    // With no fail-closed hook left undecided, the operation goes ahead.
+    assert!(hooks.remove("strict"));
+    orch.execute(IntegrationRequest::new("echo", json!({})).with_correlation_id("budget-2"))
+        .await
+        .expect("goes ahead");
+    assert_eq!(count(&calls, "echo"), 1);
+    assert_eq!(
+        runs_of(&orch, "budget-2").await,
+        [run("slow-open", "timed_out", false), run("lenient", "skipped", false)]
+    );
+}
+
+#[tokio::test]
+async fn slow_operation_events_are_rate_limited_and_the_rest_counted() {
+    let (orch, _) = build(
+        HookIntegrationPlugin::new(),
+        json!({"slow_events_per_s": 2, "thresholds_ms": {"dispatch:nap": 1}}),
+    )
+    .await;
+    let mut events = orch.subscribe_events();
+    for _ in 0..5 {
+        call(&orch, "nap", json!({"ms": 5})).await;
+    }
+    let slow = call(&orch, "performance_hooks", json!({"op": "slow", "limit": 10})).await;
+    assert_eq!(
+        slow["slow"].as_array().map(Vec::len),
+        Some(5),
+        "every slow operation is kept"
+    );
+    assert_eq!(slow["events_suppressed"], 3, "{slow}");
+    let mut announced = 0;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(event) = events.recv().await {
+            if matches!(&event, OrchestratorEvent::Custom { name, .. } if name == "slow_operation") {
+                announced += 1;
+            }
+        }
+    })
+    .await;
+    assert_eq!(announced, 2, "a burst of the rate, then nothing");
+}
+
+#[tokio::test]
+async fn thresholds_are_capped_at_1024_names() {
+    let thresholds: serde_json::Map<String, Value> =
+        (0..1_024).map(|i| (format!("task:k{i}"), json!(60_000))).collect();
+    let (orch, _) = build(HookIntegrationPlugin::new(), json!({ "thresholds_ms": thresholds })).await;
+    let set = |operation: &str| json!({"op": "set_threshold", "operation": operation, "ms": 5});
+    let message = refused(&orch, "performance_hooks", set("dispatch:echo")).await;
+    assert!(message.contains("1024"), "{message}");
+    // Changing or clearing a threshold that is set still works; clearing makes room.
+    call(&orch, "performance_hooks", set("task:k0")).await;
+    call(
+        &orch,
+        "performance_hooks",
+        json!({"op": "clear_threshold", "operation": "task:k1"}),
+    )
+    .await;
+    call(&orch, "performance_hooks", set("dispatch:echo")).await;
+    let answer = call(&orch, "performance_hooks", json!({"op": "thresholds"})).await;
+    assert_eq!(answer["thresholds"].as_object().map(serde_json::Map::len), Some(1_024));
+
+    let too_many: serde_json::Map<String, Value> = (0..1_025).map(|i| (format!("task:k{i}"), json!(5))).collect();
+    let err = Orchestrator::builder()
+        .plugin(HookIntegrationPlugin::new())
+        .configure(NAME, json!({ "thresholds_ms": too_many }))
+        .build()
+        .await
+        .expect_err("too many thresholds");
+    assert!(err.to_string().contains("1024"), "{err}");
 }
 
 fn library() -> std::path::PathBuf {
