@@ -58,16 +58,22 @@ pub(crate) async fn execute(
         capability = %request.capability,
         correlation_id = %correlation_id,
     );
-    let (route, enabled, feeds) = {
+    let fed = |feeds: &Feeds| {
+        feeds.observes(OperationKind::Dispatch)
+            || feeds.intercepts(OperationKind::Dispatch)
+            || feeds.observes(OperationKind::ProviderFailure)
+    };
+    let (route, enabled, unrouted_feeds) = {
         let snapshot = inner.registry.snapshot();
-        let fed = snapshot.feeds.observes(OperationKind::Dispatch)
-            || snapshot.feeds.intercepts(OperationKind::Dispatch)
-            || snapshot.feeds.observes(OperationKind::ProviderFailure);
-        (
-            snapshot.routes.get(&request.capability).cloned(),
-            snapshot.is_enabled(&request.capability),
-            fed.then(|| Arc::clone(&snapshot.feeds)),
-        )
+        let route = snapshot.routes.get(&request.capability).cloned();
+        // A routed call finds the feeds in its route; only a call with no route (legacy,
+        // unknown) takes them from the snapshot.
+        let unrouted_feeds = (route.is_none() && fed(&snapshot.feeds)).then(|| Arc::clone(&snapshot.feeds));
+        (route, snapshot.is_enabled(&request.capability), unrouted_feeds)
+    };
+    let feeds = match &route {
+        Some(route) => fed(&route.feeds).then_some(&route.feeds),
+        None => unrouted_feeds.as_ref(),
     };
     match feeds {
         None => {
@@ -76,10 +82,23 @@ pub(crate) async fn execute(
                 .instrument(span)
                 .await
         }
-        // Boxed: the fed path's state (the operation, the interceptors' futures) would
-        // otherwise enlarge every `execute` future, fed or not, and every move of it.
+        // Boxed: the interceptors' futures would otherwise enlarge every `execute` future,
+        // intercepted or not, and every move of it.
+        Some(feeds) if feeds.intercepts(OperationKind::Dispatch) => {
+            Box::pin(dispatch_fed(
+                inner,
+                request,
+                correlation_id,
+                route.as_ref(),
+                enabled,
+                feeds,
+            ))
+            .instrument(span)
+            .await
+        }
         Some(feeds) => {
-            Box::pin(dispatch_fed(inner, request, correlation_id, route, enabled, &feeds))
+            let started = inner.clock.monotonic_ns();
+            dispatch_observed(inner, request, correlation_id, route.as_ref(), enabled, feeds, started)
                 .instrument(span)
                 .await
         }
@@ -91,13 +110,13 @@ async fn dispatch_fed(
     inner: &Inner,
     request: IntegrationRequest,
     correlation_id: String,
-    route: Option<Arc<Route>>,
+    route: Option<&Arc<Route>>,
     enabled: bool,
     feeds: &Feeds,
 ) -> Result<IntegrationResponse, OrchestratorError> {
     let started = inner.clock.monotonic_ns();
     let observe = feeds.observes(OperationKind::Dispatch);
-    if feeds.intercepts(OperationKind::Dispatch) {
+    {
         let mut asked = Operation::new(OperationKind::Dispatch, correlation_id.as_str())
             .with_capability(request.capability.as_str())
             .with_details(&request.data)
@@ -126,32 +145,29 @@ async fn dispatch_fed(
             .into());
         }
     }
+    dispatch_observed(inner, request, correlation_id, route, enabled, feeds, started).await
+}
+
+/// [`dispatch`], then the observers of dispatches (when there are any) hear how it went.
+async fn dispatch_observed(
+    inner: &Inner,
+    request: IntegrationRequest,
+    correlation_id: String,
+    route: Option<&Arc<Route>>,
+    enabled: bool,
+    feeds: &Feeds,
+    started: u64,
+) -> Result<IntegrationResponse, OrchestratorError> {
     let mut correlation_id = correlation_id;
-    if !observe {
-        return dispatch(
-            inner,
-            request,
-            &mut correlation_id,
-            route.as_ref(),
-            enabled,
-            Some(feeds),
-        )
-        .await;
+    if !feeds.observes(OperationKind::Dispatch) {
+        return dispatch(inner, request, &mut correlation_id, route, enabled, Some(feeds)).await;
     }
     // What the observers need once the request has moved into the call: the capability's
     // name is the route's when there is one (no copy), and the correlation id stays here when
     // the call fails (a success carries it in the response).
     let unrouted_capability = route.is_none().then(|| request.capability.clone());
     let agent = request.agent_id.clone();
-    let result = dispatch(
-        inner,
-        request,
-        &mut correlation_id,
-        route.as_ref(),
-        enabled,
-        Some(feeds),
-    )
-    .await;
+    let result = dispatch(inner, request, &mut correlation_id, route, enabled, Some(feeds)).await;
     let now = inner.clock.monotonic_ns();
     let capability = match (&route, &unrouted_capability) {
         (Some(route), _) => &*route.capability,

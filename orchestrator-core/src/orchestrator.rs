@@ -166,9 +166,15 @@ impl Orchestrator {
                 });
                 return Ok(entry.id.clone());
             };
-            // Boxed, like dispatch's fed path: the interceptors' futures would otherwise
-            // enlarge every registration's future.
-            Box::pin(register_fed(&inner, config, &feeds)).await
+            if feeds.intercepts(OperationKind::AgentRegistration) {
+                // Boxed, like dispatch's intercepted path: the interceptors' futures would
+                // otherwise enlarge every registration's future.
+                return Box::pin(register_fed(&inner, config, &feeds)).await;
+            }
+            let started = inner.clock.monotonic_ns();
+            let entry = inner.agents.register(config)?;
+            registered(&inner, &entry, &feeds, started);
+            Ok(entry.id.clone())
         }
     }
 
@@ -872,6 +878,12 @@ async fn register_fed(
         }
     }
     let entry = inner.agents.register(config)?;
+    registered(inner, &entry, feeds, started);
+    Ok(entry.id.clone())
+}
+
+/// After a registration: the event, and the observers (when there are any).
+fn registered(inner: &Inner, entry: &crate::agents::AgentEntry, feeds: &crate::registry::Feeds, started: u64) {
     inner.events.emit(OrchestratorEvent::AgentRegistered {
         agent_id: entry.id.to_string(),
     });
@@ -884,7 +896,6 @@ async fn register_fed(
             .with_at_ns(now);
         feeds::observe(feeds, &op);
     }
-    Ok(entry.id.clone())
 }
 
 /// Reports a task's finish to its observers exactly once: with its outcome when it ends, or, if

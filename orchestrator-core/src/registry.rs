@@ -218,6 +218,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Route {
     pub(crate) capability: Arc<str>,
     pub(crate) providers: Vec<Arc<PluginSlot>>,
+    /// The snapshot's feeds, here too so that a dispatch, which clones its route anyway,
+    /// need not clone them separately.
+    pub(crate) feeds: Arc<Feeds>,
 }
 
 /// Who observes and who intercepts which kinds of operation, highest priority first.
@@ -276,7 +279,10 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn rebuild_routes(plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>) -> HashMap<String, Arc<Route>> {
+    fn rebuild_routes(
+        plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>,
+        feeds: &Arc<Feeds>,
+    ) -> HashMap<String, Arc<Route>> {
         let mut routes: HashMap<String, Vec<Arc<PluginSlot>>> = HashMap::new();
         for slot in plugins.values() {
             for cap in &slot.capabilities {
@@ -290,6 +296,7 @@ impl Snapshot {
                 let route = Route {
                     capability: Arc::from(cap.as_str()),
                     providers,
+                    feeds: Arc::clone(feeds),
                 };
                 (cap, Arc::new(route))
             })
@@ -342,8 +349,8 @@ impl CapabilityRegistry {
         check_insert(&old, &slot, replace)?;
         let mut plugins = old.plugins.clone();
         let replaced = plugins.insert(Arc::clone(&slot.name), slot);
-        let routes = Snapshot::rebuild_routes(&plugins);
         let feeds = Arc::new(Feeds::build(&plugins, &interests));
+        let routes = Snapshot::rebuild_routes(&plugins, &feeds);
         self.current.store(Arc::new(Snapshot {
             plugins,
             routes,
@@ -363,8 +370,8 @@ impl CapabilityRegistry {
             known: old.plugins.keys().map(|k| k.to_string()).collect(),
         })?;
         interests.remove(name);
-        let routes = Snapshot::rebuild_routes(&plugins);
         let feeds = Arc::new(Feeds::build(&plugins, &interests));
+        let routes = Snapshot::rebuild_routes(&plugins, &feeds);
         self.current.store(Arc::new(Snapshot {
             plugins,
             routes,
@@ -420,7 +427,7 @@ impl CapabilityRegistry {
             let feeds = Arc::new(Feeds::build(&old.plugins, &interests));
             self.current.store(Arc::new(Snapshot {
                 plugins: old.plugins.clone(),
-                routes: old.routes.clone(),
+                routes: Snapshot::rebuild_routes(&old.plugins, &feeds),
                 disabled: old.disabled.clone(),
                 feeds,
             }));
