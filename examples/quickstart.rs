@@ -1,6 +1,6 @@
 //! Quickstart: build an orchestrator on the embedded defaults (the plugins this crate ships, plus
 //! a small plugin of our own), register a few agents, call capabilities, route a task and run it
-//! on the chosen agent, and print the catalog.
+//! on the chosen agent, see what the monitoring plugins recorded, and print the catalog.
 //!
 //! Run it with `cargo run --example quickstart`.
 
@@ -113,6 +113,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ))
         .await?;
     println!("/agents: {}", help.data["result"]["agents"]);
+
+    // The monitoring pair watched all of it: dispatches per capability, with latency.
+    let monitoring = orchestrator
+        .execute(IntegrationRequest::new("real_time_monitoring", json!({})))
+        .await?;
+    println!(
+        "dispatches so far: {}, tasks finished: {}",
+        monitoring.data["dispatches"], monitoring.data["tasks"]["finished"]
+    );
+    let spans = orchestrator
+        .execute(IntegrationRequest::new(
+            "observability",
+            json!({"op": "recent", "limit": 3}),
+        ))
+        .await?;
+    for span in spans.data["spans"].as_array().into_iter().flatten() {
+        println!(
+            "span {} {} ({} us, {})",
+            span["name"], span["fields"]["gen_ai.tool.name"], span["duration_us"], span["fields"]["outcome"]
+        );
+    }
 
     println!("catalog:\n{}", serde_json::to_string_pretty(&orchestrator.catalog())?);
     Ok(())
