@@ -279,17 +279,9 @@ impl SlowRecord {
 
     /// The JSON form of the `slow` list.
     pub(crate) fn to_json(&self) -> Value {
-        json!({
-            "operation": self.operation,
-            "threshold": self.threshold,
-            "duration_ms": self.duration_ms(),
-            "threshold_ms": self.threshold_ms,
-            "correlation_id": self.correlation_id,
-            "agent_id": self.agent_id,
-            "capability": self.capability,
-            "outcome": self.outcome.as_str(),
-            "at_ms": self.at_ms,
-        })
+        let mut entry = self.event();
+        entry["at_ms"] = json!(self.at_ms);
+        entry
     }
 
     /// The data of the `slow_operation` event.
