@@ -1127,7 +1127,7 @@ impl OrchestratorBuilder {
         self.plugin_with(plugin, PluginOptions::new())
     }
 
-    /// The clock plugins read through the host ([`SystemClock`] by default). A [`ManualClock`]
+    /// The clock plugins read through the host ([`SystemClock`] by default). A [`ManualClock`](crate::ManualClock)
     /// lets tests of time-driven plugins move time forward instead of sleeping; the
     /// orchestrator's own timeouts stay on real time.
     pub fn clock(mut self, clock: impl Clock) -> Self {

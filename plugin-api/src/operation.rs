@@ -18,7 +18,7 @@
 //!   (fail-open), because a broken monitoring hook must not stop the fleet. A policy that must
 //!   fail closed decides so itself and answers `Veto`.
 //!
-//! Interests are read once at registration ([`OrchestrationPlugin::interests`]) and can change
+//! Interests are read once at registration ([`OrchestrationPlugin::interests`](crate::OrchestrationPlugin::interests)) and can change
 //! at any time through [`HostHandle::set_interests`](crate::HostHandle::set_interests): a hook
 //! plugin with no pre-hook drops `intercept`, and the host stops awaiting it. A plugin that asks
 //! for nothing costs nothing: the host keeps the lists of interested plugins in its registry
