@@ -32,10 +32,11 @@
 
 pub use orchestrator_core::{
     Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, C_ABI_VERSION, CapabilityInfo, Catalog, Clock,
-    ConfigError, DEFAULT_CALL_TIMEOUT, DispatchError, DryRunExecutor, ExecutionContext, ExecutorError, FailedAttempt,
-    LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, ManualClock,
-    OpenedPlugin, Orchestrator, OrchestratorBuilder, OrchestratorError, PluginAbi, PluginInfo, PluginInspection,
-    PluginOptions, PluginOrigin, ProviderFailure, RegistryError, SystemClock, Task, inspect_plugin, open_plugin,
+    ConfigError, DEFAULT_CALL_TIMEOUT, DEFAULT_EVENT_QUEUE_CAPACITY, DispatchError, DryRunExecutor, ExecutionContext,
+    ExecutorError, FailedAttempt, LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport, LoadReportEntry,
+    LoadedPlugin, ManualClock, OpenedPlugin, Orchestrator, OrchestratorBuilder, OrchestratorError, PluginAbi,
+    PluginInfo, PluginInspection, PluginOptions, PluginOrigin, ProviderFailure, RegistryError, SystemClock, Task,
+    inspect_plugin, open_plugin,
 };
 pub use plugin_api;
 pub use plugin_api::{

@@ -32,6 +32,7 @@ pub use dispatch::LEGACY;
 pub use error::{
     AgentError, ConfigError, DispatchError, FailedAttempt, LoadError, OrchestratorError, ProviderFailure, RegistryError,
 };
+pub use events::DEFAULT_EVENT_QUEUE_CAPACITY;
 pub use executor::{AgentExecutor, DryRunExecutor, ExecutionContext, ExecutorError};
 pub use ids::AgentId;
 pub use loader::{LIBRARY_EXTENSION, OpenedPlugin, PluginAbi, PluginInspection, inspect_plugin, open_plugin};

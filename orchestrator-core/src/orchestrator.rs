@@ -377,7 +377,7 @@ impl Orchestrator {
             for slot in snapshot.plugins.values() {
                 // A plugin retired since the snapshot is not asked.
                 let Some(_in_flight) = slot.enter() else { continue };
-                let health = check_health(&slot.plugin, inner.call_timeout).await;
+                let health = with_event_losses(slot, check_health(&slot.plugin, inner.call_timeout).await);
                 slot.set_health(health.clone());
                 report.insert(slot.name.to_string(), health);
             }
@@ -417,6 +417,7 @@ impl Orchestrator {
             capabilities,
             legacy_mode,
             agent_count: self.inner.agents.len(),
+            events_dropped: self.inner.events.dropped(),
         }
     }
 
@@ -537,6 +538,22 @@ fn validate_plugin(plugin: &dyn OrchestrationPlugin) -> Result<(String, Vec<Stri
     Ok((name, capabilities))
 }
 
+/// A plugin that missed lifecycle events since the last health check is degraded, whatever it
+/// says of itself (unless it says worse).
+fn with_event_losses(slot: &PluginSlot, health: HealthStatus) -> HealthStatus {
+    use std::sync::atomic::Ordering;
+    let dropped = slot.stats.events_dropped.load(Ordering::Relaxed);
+    let before = slot.stats.events_dropped_reported.swap(dropped, Ordering::Relaxed);
+    if dropped > before && health.is_healthy() {
+        HealthStatus::degraded(format!(
+            "missed {} lifecycle events since the last health check ({dropped} in all): its on_event is slower than events arrive and its queue was full",
+            dropped - before
+        ))
+    } else {
+        health
+    }
+}
+
 async fn check_health(plugin: &Arc<dyn OrchestrationPlugin>, timeout: Duration) -> HealthStatus {
     match guarded(timeout, || plugin.health_check()).await {
         Ok(health) => health,
@@ -552,6 +569,7 @@ pub(crate) async fn register(
 ) -> Result<(), OrchestratorError> {
     let (name, capabilities) = validate_plugin(plugin.as_ref())?;
     let slot = Arc::new(PluginSlot::new(plugin, capabilities, options, origin));
+    let _ = slot.events.set(inner.events.attach(&slot));
     // Refuse early, before running the plugin's initializer, when it could not be inserted.
     inner.registry.check_insert(&slot, options.replace)?;
 
@@ -1084,6 +1102,7 @@ pub struct OrchestratorBuilder {
     call_timeout: Duration,
     executor: Arc<dyn AgentExecutor>,
     clock: Arc<dyn Clock>,
+    event_queue_capacity: usize,
 }
 
 impl Default for OrchestratorBuilder {
@@ -1097,6 +1116,7 @@ impl Default for OrchestratorBuilder {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             executor: Arc::new(DryRunExecutor),
             clock: Arc::new(SystemClock::new()),
+            event_queue_capacity: crate::events::DEFAULT_EVENT_QUEUE_CAPACITY,
         }
     }
 }
@@ -1183,6 +1203,20 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// How many lifecycle events each plugin's queue holds (default
+    /// [`DEFAULT_EVENT_QUEUE_CAPACITY`](crate::DEFAULT_EVENT_QUEUE_CAPACITY), at least 1).
+    ///
+    /// Every plugin hears events from a bounded queue of its own, through a delivery task of
+    /// its own, so a slow `on_event` delays only that plugin. When its queue is full, new
+    /// events are dropped for that plugin only (drop-newest: it sees the stream up to a gap,
+    /// never out of order), counted in [`PluginInfo::events_dropped`](crate::PluginInfo::events_dropped),
+    /// and reported as `degraded` by the next [`Orchestrator::health`]. Memory stays bounded
+    /// by the capacities whatever a plugin does.
+    pub fn event_queue_capacity(mut self, capacity: usize) -> Self {
+        self.event_queue_capacity = capacity.max(1);
+        self
+    }
+
     /// Sets the executor that runs agents' tasks (default: [`DryRunExecutor`]).
     pub fn executor(mut self, executor: impl AgentExecutor) -> Self {
         self.executor = Arc::new(executor);
@@ -1237,7 +1271,12 @@ impl OrchestratorBuilder {
         }
 
         let registry = Arc::new(CapabilityRegistry::default());
-        let events = EventBus::start(Arc::clone(&registry), &runtime, self.call_timeout);
+        let events = EventBus::start(
+            Arc::clone(&registry),
+            &runtime,
+            self.call_timeout,
+            self.event_queue_capacity,
+        );
         let inner = Arc::new_cyclic(|weak| Inner {
             agents: AgentRegistry::default(),
             registry,

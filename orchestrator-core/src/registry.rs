@@ -23,7 +23,7 @@ use plugin_api::{HealthStatus, Interests, OperationKind, OperationSet, Orchestra
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::Notify;
 
 /// How a plugin is registered: its priority among providers of the same capability, and
@@ -93,6 +93,12 @@ pub(crate) struct PluginStats {
     pub(crate) timeouts: AtomicU64,
     /// Panics and timeouts of its `observe` and `intercept` (never fatal to the operation).
     pub(crate) feed_failures: AtomicU64,
+    /// Lifecycle events its `on_event` was given.
+    pub(crate) events_delivered: AtomicU64,
+    /// Lifecycle events it missed because its queue was full.
+    pub(crate) events_dropped: AtomicU64,
+    /// `events_dropped` when the last health check reported it.
+    pub(crate) events_dropped_reported: AtomicU64,
 }
 
 /// One registered plugin and its bookkeeping.
@@ -106,6 +112,8 @@ pub(crate) struct PluginSlot {
     pub(crate) plugin: Arc<dyn OrchestrationPlugin>,
     pub(crate) stats: PluginStats,
     pub(crate) health: Mutex<Option<HealthStatus>>,
+    /// Its lifecycle-event queue (set when it is registered; see `events`).
+    pub(crate) events: OnceLock<crate::events::PluginQueue>,
     in_flight: AtomicUsize,
     drained: Notify,
     /// Set when the slot leaves the registry: no new call may start.
@@ -129,6 +137,7 @@ impl PluginSlot {
             plugin,
             stats: PluginStats::default(),
             health: Mutex::new(None),
+            events: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
             retired: AtomicBool::new(false),
@@ -192,6 +201,8 @@ impl PluginSlot {
             panics: self.stats.panics.load(Ordering::Relaxed),
             timeouts: self.stats.timeouts.load(Ordering::Relaxed),
             feed_failures: self.stats.feed_failures.load(Ordering::Relaxed),
+            events_delivered: self.stats.events_delivered.load(Ordering::Relaxed),
+            events_dropped: self.stats.events_dropped.load(Ordering::Relaxed),
             interests,
         }
     }
@@ -502,6 +513,12 @@ pub struct PluginInfo {
     pub feed_failures: u64,
     /// The operation feeds it receives.
     pub interests: Interests,
+    /// Lifecycle events its `on_event` was given.
+    pub events_delivered: u64,
+    /// Lifecycle events it missed because its queue was full (its `on_event` is slower than
+    /// events arrive); see the event delivery notes on
+    /// [`OrchestratorBuilder::event_queue_capacity`](crate::OrchestratorBuilder::event_queue_capacity).
+    pub events_dropped: u64,
 }
 
 /// What the catalog says about one capability.
@@ -531,4 +548,7 @@ pub struct Catalog {
     pub legacy_mode: bool,
     /// Registered agents.
     pub agent_count: usize,
+    /// Lifecycle events dropped before reaching any plugin, because they were emitted faster
+    /// than one core can fan them out (per-plugin losses are in [`PluginInfo::events_dropped`]).
+    pub events_dropped: u64,
 }
