@@ -1,10 +1,10 @@
 //! The plugin's figures: what observers record and what readers see.
 
 use crate::exposition;
+use crate::histogram::Summary;
 use crate::inflight::InFlight;
 use crate::names::Names;
-use crate::series::{Counter, PluginCounts, Series, SeriesView, WINDOW_SLOTS, shard_count};
-use hdrhistogram::Histogram;
+use crate::series::{Counter, PluginCounts, Scratch, Series, SeriesView, WINDOW_SLOTS, shard_count};
 use plugin_api::{AgentLoad, AgentStatus, HostHandle, Operation, OperationKind, OperationOutcome};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -64,33 +64,9 @@ pub struct Percentiles {
     pub mean_ms: Option<f64>,
 }
 
-/// The quantiles reported, in order.
-const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
-
-/// The values at [`QUANTILES`] of a histogram that is not empty, as
-/// `Histogram::value_at_quantile` gives them (the highest value equivalent to the one where the
-/// count reaches `ceil(q x total)`), in one pass instead of one per quantile.
-fn quantiles(h: &Histogram<u64>) -> [u64; 4] {
-    let total = h.len() as f64;
-    let targets = QUANTILES.map(|q| ((q * total).ceil() as u64).max(1));
-    let mut values = [h.max(); 4];
-    let (mut next, mut seen) = (0, 0u64);
-    for v in h.iter_recorded() {
-        seen += v.count_at_value();
-        while next < targets.len() && seen >= targets[next] {
-            values[next] = v.value_iterated_to();
-            next += 1;
-        }
-        if next == targets.len() {
-            break;
-        }
-    }
-    values
-}
-
 impl Percentiles {
-    fn of(h: Option<&Histogram<u64>>) -> Self {
-        let Some(h) = h.filter(|h| !h.is_empty()) else {
+    fn of(summary: Option<Summary>) -> Self {
+        let Some(s) = summary else {
             return Self {
                 count: 0,
                 p50_ms: None,
@@ -102,15 +78,15 @@ impl Percentiles {
             };
         };
         let ms = |ns: u64| Some(ns as f64 / 1e6);
-        let [p50, p90, p99, p999] = quantiles(h);
+        let [p50, p90, p99, p999] = s.quantiles;
         Self {
-            count: h.len(),
+            count: s.len,
             p50_ms: ms(p50),
             p90_ms: ms(p90),
             p99_ms: ms(p99),
             p999_ms: ms(p999),
-            max_ms: ms(h.max()),
-            mean_ms: Some(h.mean() / 1e6),
+            max_ms: ms(s.max),
+            mean_ms: Some(s.mean / 1e6),
         }
     }
 }
@@ -125,8 +101,9 @@ pub struct WindowSummary {
     pub window_s: u64,
 }
 
-/// Latency figures of one series: all time (3 significant figures: within 0.1%) and over the
-/// sliding window (2 significant figures: within 1%).
+/// Latency figures of one series, all time and over the sliding window: percentiles and the
+/// max at 2 significant figures (each the highest value of its 1%-wide bucket, so at or above
+/// the latency recorded and within 1% of it), the exact mean.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LatencySummary {
     /// The capability or task kind.
@@ -405,13 +382,16 @@ impl Metrics {
         }
     }
 
+    /// Every series merged; with `histograms`, their latencies summed up too (each series
+    /// merged once, in one scratch for all).
     pub(crate) fn snapshot(&self, histograms: bool) -> Snapshot {
         let now = if histograms { self.now_period() } else { 0 };
-        let view = |names: &Names| -> Vec<(Box<str>, SeriesView)> {
+        let mut scratch = histograms.then(Scratch::default);
+        let mut view = |names: &Names| -> Vec<(Box<str>, SeriesView)> {
             names
                 .sorted()
                 .into_iter()
-                .map(|(name, s)| (name, s.view(histograms, now)))
+                .map(|(name, s)| (name, s.view(scratch.as_mut(), now)))
                 .collect()
         };
         Snapshot {
@@ -428,9 +408,9 @@ impl Metrics {
         LatencySummary {
             name: name.to_owned(),
             scope,
-            all_time: Percentiles::of(view.all.as_ref()),
+            all_time: Percentiles::of(view.all),
             window: WindowSummary {
-                percentiles: Percentiles::of(view.window.as_ref()),
+                percentiles: Percentiles::of(view.window),
                 window_s: self.window_s(),
             },
         }
@@ -448,7 +428,7 @@ impl Metrics {
                 let now = self.now_period();
                 names
                     .get(name)
-                    .map(|s| self.summary(scope, name, &s.view(true, now)))
+                    .map(|s| self.summary(scope, name, &s.view(Some(&mut Scratch::default()), now)))
                     .into_iter()
                     .collect()
             }
@@ -492,8 +472,8 @@ impl Metrics {
             .iter()
             .map(|(name, v)| {
                 let failures = |f: fn(&PluginCounts) -> u64| v.plugins.iter().map(f).sum::<u64>();
-                let all = Percentiles::of(v.all.as_ref());
-                let window = Percentiles::of(v.window.as_ref());
+                let all = Percentiles::of(v.all);
+                let window = Percentiles::of(v.window);
                 (
                     name.to_string(),
                     json!({
@@ -613,19 +593,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_pass_quantiles_agree_with_value_at_quantile() {
-        for values in [
-            vec![7u64],
-            vec![1, 1, 1, 5_000_000],
-            (1..=10_000u64).map(|v| v * v).collect(),
-        ] {
-            let mut h = Histogram::<u64>::new(3).expect("valid");
-            for v in &values {
-                h.record(*v).expect("records");
-            }
-            let expected = QUANTILES.map(|q| h.value_at_quantile(q));
-            assert_eq!(quantiles(&h), expected, "{values:?}");
-        }
-        assert_eq!(Percentiles::of(None).count, 0);
+    fn percentiles_of_nothing_are_null() {
+        let none = Percentiles::of(None);
+        assert_eq!((none.count, none.p50_ms, none.mean_ms), (0, None, None));
+        let one = Percentiles::of(Some(Summary {
+            len: 1,
+            quantiles: [1_000_000; 4],
+            max: 1_000_000,
+            mean: 1_000_000.0,
+        }));
+        assert_eq!(
+            (one.count, one.p999_ms, one.max_ms, one.mean_ms),
+            (1, Some(1.0), Some(1.0), Some(1.0))
+        );
     }
 }

@@ -133,7 +133,7 @@ mod tests {
         let all = names.sorted();
         let listed: Vec<&str> = all.iter().map(|(n, _)| &**n).collect();
         assert_eq!(listed, ["(other)", "cap0", "cap1", "cap2", "cap3"]);
-        let calls = |name: &str| names.get(name).map(|s| s.view(false, 0).get(Counter::Calls));
+        let calls = |name: &str| names.get(name).map(|s| s.view(None, 0).get(Counter::Calls));
         assert_eq!(calls("(other)"), Some(7), "cap4..cap9 and the long name");
         assert_eq!(calls("cap0"), Some(2));
         assert_eq!(calls("cap9"), None);
@@ -155,7 +155,7 @@ mod tests {
         let all = names.sorted();
         let listed: Vec<&str> = all.iter().map(|(n, _)| &**n).collect();
         assert_eq!(listed, ["(other)", "(unserved)", "cap0", "cap1"]);
-        let calls = |name: &str| names.get(name).map(|s| s.view(false, 0).get(Counter::Calls));
+        let calls = |name: &str| names.get(name).map(|s| s.view(None, 0).get(Counter::Calls));
         assert_eq!(calls(UNSERVED), Some(10));
         assert_eq!(calls("cap0"), Some(2));
         assert_eq!(calls(OTHER), Some(1));

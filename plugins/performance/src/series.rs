@@ -1,30 +1,25 @@
 //! One named series of figures (a capability, or a task kind): counters, per-plugin counts,
-//! exact Prometheus buckets, an all-time HDR histogram and a sliding window of HDR histograms.
+//! exact Prometheus buckets, an all-time latency histogram and a sliding window of latency
+//! histograms.
 //!
 //! A series is sharded: each thread records into the shard its thread index picks, under that
 //! shard's own mutex, so concurrent observers rarely meet and one record costs one uncontended
-//! lock. Readers lock the shards one at a time and merge them.
+//! lock. Readers lock the shards one at a time, and under each lock only copy its counters and
+//! add its histograms' counts into a scratch of their own (one pass over each array, as long as
+//! a copy of it); the percentiles are computed afterwards, with no lock held.
 //!
-//! Latencies are recorded in **nanoseconds**. The all-time histogram keeps 3 significant
-//! figures (a value is reported within 0.1% of what was recorded); the window's histograms 2
-//! (within 1%). Values above [`MAX_TRACKED_NS`] (one hour) are recorded as one hour in the
-//! histograms (they stay exact in the Prometheus sum). Histograms auto-resize, so their memory
-//! follows the largest value seen (about 100 KB for the all-time histogram of a shard whose
-//! largest latency is a millisecond, about 7 KB per window slot), and a shard no thread has used
-//! allocates none.
+//! Latencies are recorded in **nanoseconds** into HDR-layout histograms at 2 significant
+//! figures (see [`crate::histogram`]: a value is reported within 1% of what was recorded),
+//! all time and for the window's running sum with `u64` counts, per window slot with `u32`
+//! counts. Values above one hour ([`MAX_TRACKED_NS`](crate::histogram::MAX_TRACKED_NS)) are
+//! counted as one hour in the histograms (they stay exact in the sums). Histograms grow to the
+//! largest value seen: a shard whose largest latency is 50 ms holds about 20 KB all time, 20 KB
+//! for the window's sum and 10 KB per window slot in use (100 KB with the six slots), one whose
+//! largest is an hour at most 36 + 36 + 6 x 18 = 180 KB; a shard no thread has used holds none.
 
-use hdrhistogram::Histogram;
+use crate::histogram::{Latencies, Merged, Summary};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-
-/// The largest latency the histograms tell apart: one hour, in nanoseconds.
-pub(crate) const MAX_TRACKED_NS: u64 = 3_600_000_000_000;
-
-/// Significant figures of the all-time histograms.
-const SIGFIG: u8 = 3;
-
-/// Significant figures of the window's histograms.
-const WINDOW_SIGFIG: u8 = 2;
 
 /// Slots in the sliding window: the window is the current slot and the five before it.
 pub(crate) const WINDOW_SLOTS: u64 = 6;
@@ -105,33 +100,22 @@ impl PluginCounts {
 struct Slot {
     /// The period (`at_ns / bucket_ns`) plus one; 0 when the slot is empty.
     tag: u64,
-    latency: Option<Histogram<u32>>,
+    latency: Latencies<u32>,
 }
 
 /// What one shard holds.
 #[derive(Default)]
 pub(crate) struct Shard {
     counters: [u64; COUNTERS],
-    all: Option<Histogram<u64>>,
-    sum_ns: u64,
+    /// All time; its sum is the Prometheus sum.
+    all: Latencies<u64>,
     buckets: [u64; BUCKET_BOUNDS_NS.len() + 1],
     window: [Slot; WINDOW_SLOTS as usize],
+    /// The sum of the window's slots (those not empty), kept as they are recorded into and
+    /// reset, so that a reader adds one array instead of six (and takes out only the slots
+    /// that left the window since this shard last recorded).
+    recent: Latencies<u64>,
     plugins: Vec<PluginCounts>,
-}
-
-/// A new auto-resizing histogram. (`Histogram::new` fails only for more than 5 significant
-/// figures, so this is always `Some`.)
-fn new_histogram<T: hdrhistogram::Counter>(sigfig: u8) -> Option<Histogram<T>> {
-    Histogram::new(sigfig).ok()
-}
-
-/// The histogram in `slot`, made on first use.
-#[inline]
-fn histogram<T: hdrhistogram::Counter>(slot: &mut Option<Histogram<T>>, sigfig: u8) -> Option<&mut Histogram<T>> {
-    if slot.is_none() {
-        *slot = new_histogram(sigfig);
-    }
-    slot.as_mut()
 }
 
 impl Shard {
@@ -167,30 +151,23 @@ impl Shard {
     /// Records a latency of `ns` that ended at `at_ns`, with windows of `bucket_ns` per slot.
     #[inline]
     pub(crate) fn record(&mut self, ns: u64, at_ns: u64, bucket_ns: u64) {
-        self.sum_ns = self.sum_ns.saturating_add(ns);
         let bucket = BUCKET_BOUNDS_NS.partition_point(|bound| *bound < ns);
         self.buckets[bucket] += 1;
-        let tracked = ns.min(MAX_TRACKED_NS);
-        // `record` resizes the histogram as needed (`saturating_record` would clamp to its
-        // current range instead); it fails only if the counts outgrew `usize`, which a value
-        // of at most an hour cannot make them do on a 64-bit target.
-        if let Some(all) = histogram(&mut self.all, SIGFIG) {
-            let _ = all.record(tracked);
-        }
+        self.all.record(ns);
         let period = at_ns / bucket_ns.max(1);
         let slot = &mut self.window[(period % WINDOW_SLOTS) as usize];
         let tag = period + 1;
         if slot.tag < tag {
             // A slot last used a full turn ago (or never): start it afresh.
-            slot.tag = tag;
-            if let Some(h) = slot.latency.as_mut() {
-                h.reset();
+            if slot.tag != 0 {
+                self.recent.subtract(&slot.latency);
             }
+            slot.tag = tag;
+            slot.latency.reset();
         }
         if slot.tag == tag {
-            if let Some(h) = histogram(&mut slot.latency, WINDOW_SIGFIG) {
-                let _ = h.record(tracked);
-            }
+            slot.latency.record(ns);
+            self.recent.record(ns);
         }
         // Otherwise the operation is older than the slot's period, a turn or more behind:
         // it is out of the window already, and counts for all time only.
@@ -199,10 +176,9 @@ impl Shard {
     fn clear_window(&mut self) {
         for slot in &mut self.window {
             slot.tag = 0;
-            if let Some(h) = slot.latency.as_mut() {
-                h.reset();
-            }
+            slot.latency.reset();
         }
+        self.recent.reset();
     }
 }
 
@@ -219,13 +195,24 @@ fn thread_index() -> usize {
     INDEX.with(|i| *i)
 }
 
+/// The most shards a series has.
+///
+/// Shards are for threads recording the same series at the same moment; each holds its
+/// histograms (tens of KB, see the module docs), and a reader goes through every one. A
+/// record holds its shard's lock for a few tens of nanoseconds, so two threads on one shard
+/// meet only when both record that same capability (or task kind) within those nanoseconds;
+/// more than four threads doing so at once, steadily, is rare, and even then they share four
+/// uncontended-most-of-the-time mutexes. Past four, shards would cost memory (per series, up to
+/// `max_series` of each scope) and read time, and buy next to nothing.
+pub(crate) const MAX_SHARDS: usize = 4;
+
 /// How many shards a series has: the machine's parallelism rounded up to a power of two,
-/// from 2 to 16.
+/// from 2 to [`MAX_SHARDS`].
 pub(crate) fn shard_count() -> usize {
     std::thread::available_parallelism()
-        .map_or(4, std::num::NonZeroUsize::get)
+        .map_or(MAX_SHARDS, std::num::NonZeroUsize::get)
         .next_power_of_two()
-        .clamp(2, 16)
+        .clamp(2, MAX_SHARDS)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -254,10 +241,17 @@ pub(crate) struct SeriesView {
     pub(crate) buckets: [u64; BUCKET_BOUNDS_NS.len() + 1],
     /// Plugins by name.
     pub(crate) plugins: Vec<PluginCounts>,
-    /// All time (when histograms were asked for).
-    pub(crate) all: Option<Histogram<u64>>,
-    /// The window (when histograms were asked for).
-    pub(crate) window: Option<Histogram<u64>>,
+    /// The latencies of all time (when histograms were asked for, and there were some).
+    pub(crate) all: Option<Summary>,
+    /// The latencies of the window (when histograms were asked for, and there were some).
+    pub(crate) window: Option<Summary>,
+}
+
+/// A reader's scratch for merging histograms, used for one series after another.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    all: Merged,
+    window: Merged,
 }
 
 impl SeriesView {
@@ -298,25 +292,26 @@ impl Series {
             .unwrap_or(0)
     }
 
-    /// The series merged over its shards. With `histograms`, the all-time histogram and the
-    /// window as it stands at period `now_period` (the slots of that period and the
-    /// [`WINDOW_SLOTS`]` - 1` before it) are merged too.
-    pub(crate) fn view(&self, histograms: bool, now_period: u64) -> SeriesView {
+    /// The series merged over its shards. With `histograms` (a scratch to merge them in), the
+    /// latencies of all time and of the window as it stands at period `now_period` (the slots
+    /// of that period and the [`WINDOW_SLOTS`]` - 1` before it) are summed up too.
+    pub(crate) fn view(&self, mut histograms: Option<&mut Scratch>, now_period: u64) -> SeriesView {
         let mut view = SeriesView {
             counters: [0; COUNTERS],
             sum_ns: 0,
             buckets: [0; BUCKET_BOUNDS_NS.len() + 1],
             plugins: Vec::new(),
-            all: histograms.then(|| new_histogram(SIGFIG)).flatten(),
-            window: histograms.then(|| new_histogram(WINDOW_SIGFIG)).flatten(),
+            all: None,
+            window: None,
         };
         let now_tag = now_period + 1;
         for shard in self.shards.iter() {
+            // Held for copies and additions only: one pass over each array.
             let shard = lock(&shard.0);
             for (total, n) in view.counters.iter_mut().zip(shard.counters) {
                 *total += n;
             }
-            view.sum_ns = view.sum_ns.saturating_add(shard.sum_ns);
+            view.sum_ns = view.sum_ns.saturating_add(shard.all.sum_ns());
             for (total, n) in view.buckets.iter_mut().zip(shard.buckets) {
                 *total += n;
             }
@@ -326,31 +321,48 @@ impl Series {
                     None => view.plugins.push(p.clone()),
                 }
             }
-            if let (Some(all), Some(recorded)) = (view.all.as_mut(), shard.all.as_ref()) {
-                // Both auto-resize: adding cannot fail.
-                let _ = all.add(recorded);
-            }
-            if let Some(window) = view.window.as_mut() {
+            if let Some(scratch) = histograms.as_deref_mut() {
+                scratch.all.add(&shard.all);
+                scratch.window.add(&shard.recent);
                 for slot in &shard.window {
                     // In the window: tags from now_tag - (WINDOW_SLOTS - 1) to now_tag (and
                     // any newer, should an operation carry a time ahead of the reader's).
-                    let live = slot.tag != 0 && slot.tag + WINDOW_SLOTS > now_tag;
-                    if let (true, Some(h)) = (live, slot.latency.as_ref()) {
-                        for v in h.iter_recorded() {
-                            let _ = window.record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
-                        }
+                    // `recent` holds every slot not empty: take out those no longer in it.
+                    if slot.tag != 0 && slot.tag + WINDOW_SLOTS <= now_tag {
+                        scratch.window.subtract(&slot.latency);
                     }
                 }
             }
         }
         view.plugins.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(scratch) = histograms {
+            view.all = scratch.all.summary();
+            view.window = scratch.window.summary();
+            scratch.all.clear();
+            scratch.window.clear();
+        }
         view
+    }
+
+    /// Heap bytes held by the histograms of its shards.
+    #[cfg(test)]
+    pub(crate) fn histogram_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = lock(&s.0);
+                shard.all.heap_bytes()
+                    + shard.recent.heap_bytes()
+                    + shard.window.iter().map(|w| w.latency.heap_bytes()).sum::<usize>()
+            })
+            .sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::histogram::{MAX_TRACKED_NS, highest, index};
 
     const S: u64 = 1_000_000_000;
 
@@ -360,7 +372,7 @@ mod tests {
         for ns in [0, 1_000, 1_001, 10 * S, 10 * S + 1] {
             series.update(|s| s.record(ns, 0, 10 * S));
         }
-        let view = series.view(false, 0);
+        let view = series.view(None, 0);
         assert_eq!(view.buckets[0], 2, "0 and 1000 ns are <= 1 us");
         assert_eq!(view.buckets[1], 1, "1001 ns is <= 5 us");
         assert_eq!(view.buckets[BUCKET_BOUNDS_NS.len() - 1], 1, "10 s is <= 10 s");
@@ -369,24 +381,17 @@ mod tests {
         assert_eq!(view.sum_ns, 1_000 + 1_001 + 10 * S + 10 * S + 1);
         assert!(view.all.is_none(), "histograms only when asked for");
         // The histograms grow to fit (up to an hour) and keep their precision.
-        let view = series.view(true, 0);
-        let all = view.all.expect("asked for");
-        assert_eq!(all.len(), 5);
-        assert!(all.equivalent(all.max(), 10 * S + 1), "{}", all.max());
+        let mut scratch = Scratch::default();
+        let all = series.view(Some(&mut scratch), 0).all.expect("asked for");
+        assert_eq!(all.len, 5);
+        assert_eq!(all.max, highest(index(10 * S + 1)));
+        assert_eq!(all.mean, view.sum_ns as f64 / 5.0, "exact");
         series.update(|s| s.record(2 * MAX_TRACKED_NS, 0, 10 * S));
-        let all = series.view(true, 0).all.expect("asked for");
-        assert!(
-            all.equivalent(all.max(), MAX_TRACKED_NS),
-            "clamped to an hour: {}",
-            all.max()
-        );
-        let window = series.view(true, 0).window.expect("asked for");
-        assert_eq!(window.len(), 6);
-        assert!(
-            window.equivalent(window.value_at_quantile(0.5), 1_000),
-            "{}",
-            window.value_at_quantile(0.5)
-        );
+        let all = series.view(Some(&mut scratch), 0).all.expect("asked for");
+        assert_eq!(all.max, highest(index(MAX_TRACKED_NS)), "clamped to an hour");
+        let window = series.view(Some(&mut scratch), 0).window.expect("asked for");
+        assert_eq!(window.len, 6);
+        assert_eq!(window.quantiles[0], highest(index(1_000)));
     }
 
     #[test]
@@ -395,24 +400,25 @@ mod tests {
         let period = 10 * S;
         series.update(|s| s.record(5, 0, period)); // period 0
         series.update(|s| s.record(7, 15 * S, period)); // period 1
-        let window = |now: u64| {
-            let view = series.view(true, now);
-            let all = view.all.map(|h| h.len());
-            (view.window.map(|h| h.len()), all)
+        let mut scratch = Scratch::default();
+        let mut window = |now: u64| {
+            let view = series.view(Some(&mut scratch), now);
+            let len = |s: Option<Summary>| s.map_or(0, |s| s.len);
+            (len(view.window), len(view.all))
         };
-        assert_eq!(window(1), (Some(2), Some(2)));
-        assert_eq!(window(5), (Some(2), Some(2)), "periods 0..=5 are the window at 5");
-        assert_eq!(window(6), (Some(1), Some(2)), "period 0 left the window at 6");
-        assert_eq!(window(7), (Some(0), Some(2)));
+        assert_eq!(window(1), (2, 2));
+        assert_eq!(window(5), (2, 2), "periods 0..=5 are the window at 5");
+        assert_eq!(window(6), (1, 2), "period 0 left the window at 6");
+        assert_eq!(window(7), (0, 2));
         // Reusing slot 0 a turn later drops what it held.
         series.update(|s| s.record(9, 60 * S, period)); // period 6, slot 0
-        assert_eq!(window(6), (Some(2), Some(3)));
+        assert_eq!(window(6), (2, 3));
         // An operation a full turn late is out of the window but counts for all time.
         series.update(|s| s.record(9, 1, period));
-        assert_eq!(window(6), (Some(2), Some(4)));
+        assert_eq!(window(6), (2, 4));
         assert_eq!(series.newest_tag(), 7);
         series.clear_window();
-        assert_eq!(window(6), (Some(0), Some(4)));
+        assert_eq!(window(6), (0, 4));
         assert_eq!(series.newest_tag(), 0);
     }
 
@@ -425,7 +431,7 @@ mod tests {
             }
             s.plugin("p0").served += 1;
         });
-        let view = series.view(false, 0);
+        let view = series.view(None, 0);
         assert_eq!(view.plugins.len(), MAX_PLUGINS + 1);
         let other = view.plugins.iter().find(|p| &*p.name == OTHER).map(|p| p.served);
         assert_eq!(other, Some(5));
@@ -452,10 +458,25 @@ mod tests {
         for t in threads {
             t.join().expect("joins");
         }
-        let view = series.view(true, 0);
+        let view = series.view(Some(&mut Scratch::default()), 0);
         assert_eq!(view.get(Counter::Calls), 8_000);
-        assert_eq!(view.all.map(|h| h.len()), Some(8_000));
-        assert_eq!(view.window.map(|h| h.len()), Some(8_000));
+        assert_eq!(view.all.map(|s| s.len), Some(8_000));
+        assert_eq!(view.window.map(|s| s.len), Some(8_000));
         assert_eq!(view.sum_ns, (0..8_000u64).sum::<u64>());
+    }
+
+    #[test]
+    fn a_shard_holds_tens_of_kilobytes() {
+        assert!((2..=MAX_SHARDS).contains(&shard_count()));
+        let series = Series::new(MAX_SHARDS);
+        assert_eq!(series.histogram_bytes(), 0, "nothing until used");
+        // Latencies of 10 us to 50 ms, over every slot of the window, from one thread.
+        for i in 0..6_000u64 {
+            series.update(|s| s.record(10_000 + i * 8_333, i * 10 * S / 1_000, 10 * S));
+        }
+        let bytes = series.histogram_bytes();
+        let all = 8 * ((index(50_000_000) | 127) + 1); // to the end of its power of two
+        assert_eq!(all, 20_480);
+        assert!(bytes > 2 * all && bytes <= 2 * all + 6 * all / 2, "{bytes}");
     }
 }

@@ -575,14 +575,15 @@ fn percentiles_match_a_known_distribution_within_hdr_precision() {
         );
     };
     // HDR reports the highest value equivalent to the one at the quantile: at or above it,
-    // within the precision (3 significant figures all time, 2 over the window).
-    close(all.p50_ms, 500.0, 0.001);
-    close(all.p90_ms, 900.0, 0.001);
-    close(all.p99_ms, 990.0, 0.001);
-    close(all.p999_ms, 999.0, 0.001);
-    close(all.max_ms, 1000.0, 0.001);
+    // within the precision (2 significant figures, all time and over the window: 1%).
+    close(all.p50_ms, 500.0, 0.01);
+    close(all.p90_ms, 900.0, 0.01);
+    close(all.p99_ms, 990.0, 0.01);
+    close(all.p999_ms, 999.0, 0.01);
+    close(all.max_ms, 1000.0, 0.01);
+    // The mean is exact.
     let mean = all.mean_ms.expect("a mean");
-    assert!((mean - 500.5).abs() < 0.5, "{mean}");
+    assert!((mean - 500.5).abs() < 1e-9, "{mean}");
     let window = &latency.window.percentiles;
     assert_eq!((window.count, latency.window.window_s), (1000, 60));
     close(window.p50_ms, 500.0, 0.01);
@@ -590,7 +591,7 @@ fn percentiles_match_a_known_distribution_within_hdr_precision() {
     close(window.max_ms, 1000.0, 0.01);
     // Tasks without a kind count as "unspecified".
     let tasks = plugin.handle().latency(Scope::Kind, "unspecified").expect("seen");
-    close(tasks.all_time.p90_ms, 900.0, 0.001);
+    close(tasks.all_time.p90_ms, 900.0, 0.01);
     assert!(plugin.handle().latency(Scope::Capability, "never").is_none());
 }
 
