@@ -98,7 +98,9 @@ impl Model {
     }
 
     fn provides(&self, capability: &str) -> bool {
-        self.plugins.values().any(|(caps, _)| caps.iter().any(|c| c == capability))
+        self.plugins
+            .values()
+            .any(|(caps, _)| caps.iter().any(|c| c == capability))
     }
 
     /// The provider that serves `capability` first: highest priority, then name.
@@ -231,7 +233,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         // The whole visible state agrees after every step.
         prop_assert_eq!(orch.agent_count(), model.agents.len(), "{}", context);
         for (id, status) in &model.agents {
-            prop_assert_eq!(orch.agent_status(&AgentId::from(id.as_str())), Some(*status), "{}", context);
+            prop_assert_eq!(
+                orch.agent_status(&AgentId::from(id.as_str())),
+                Some(*status),
+                "{}",
+                context
+            );
         }
         let plugins: BTreeSet<String> = orch.plugins().into_iter().map(|p| p.name).collect();
         let expected: BTreeSet<String> = model.plugins.keys().cloned().collect();

@@ -35,6 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tracing::Instrument;
 
+/// How many times one call re-reads the registry after finding a provider retired under it.
+const MAX_RELOADS: u32 = 8;
+
 /// The name that `served_by` carries when the legacy path answered.
 pub const LEGACY: &str = "legacy";
 
@@ -223,88 +226,108 @@ async fn dispatch(
         }
     };
 
-    let providers = &route.providers;
+    let mut route = Arc::clone(route);
     let mut attempts = Vec::new();
     let mut pending = Some(request);
-    for (index, slot) in providers.iter().enumerate() {
-        let is_last_option = index + 1 == providers.len() && !legacy_available;
-        let request = if is_last_option {
-            pending.take()
-        } else {
-            pending.clone()
-        };
-        let Some(request) = request else { break };
+    let mut reloads = 0;
+    loop {
+        let mut skipped_retired = false;
+        let providers = &route.providers;
+        for (index, slot) in providers.iter().enumerate() {
+            let is_last_option = index + 1 == providers.len() && !legacy_available;
+            let request = if is_last_option {
+                pending.take()
+            } else {
+                pending.clone()
+            };
+            let Some(request) = request else { break };
 
-        // A provider retired since the snapshot was taken (unregistered or replaced while an
-        // earlier provider was tried) is shut down or shutting down: skip it.
-        let Some(_in_flight) = slot.enter() else {
-            if is_last_option {
-                pending = Some(request);
+            // A provider retired since the snapshot was taken (unregistered or replaced while an
+            // earlier provider was tried) is shut down or shutting down: skip it.
+            let Some(_in_flight) = slot.enter() else {
+                skipped_retired = true;
+                if is_last_option {
+                    pending = Some(request);
+                }
+                attempts.push(FailedAttempt {
+                    plugin: slot.name.to_string(),
+                    failure: ProviderFailure::Error {
+                        message: "unregistered while the call was under way; not called".into(),
+                    },
+                });
+                continue;
+            };
+            slot.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let outcome = guarded(inner.call_timeout, || slot.plugin.process_request(request)).await;
+            let failure = match outcome {
+                Ok(Ok(mut response)) => {
+                    response.served_by = slot.name.to_string();
+                    response.fallback = index > 0;
+                    response.correlation_id = std::mem::take(correlation_id);
+                    return Ok(response);
+                }
+                Ok(Err(error)) if error.is_invalid_request() => {
+                    return Err(DispatchError::InvalidRequest {
+                        capability: route.capability.to_string(),
+                        plugin: slot.name.to_string(),
+                        message: error.message,
+                    }
+                    .into());
+                }
+                Ok(Err(error)) => {
+                    slot.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    ProviderFailure::Error { message: error.message }
+                }
+                Err(failure) => {
+                    let counter = match failure {
+                        ProviderFailure::Timeout { .. } => &slot.stats.timeouts,
+                        _ => &slot.stats.panics,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    failure
+                }
+            };
+            tracing::warn!(plugin = %slot.name, %failure, "provider failed; falling back");
+            if let Some(feeds) = feeds.filter(|f| f.observes(OperationKind::ProviderFailure)) {
+                let outcome = match &failure {
+                    ProviderFailure::Timeout { .. } => OperationOutcome::TimedOut,
+                    ProviderFailure::Panic { .. } => OperationOutcome::Panicked,
+                    _ => OperationOutcome::Failed,
+                };
+                let reason = failure.to_string();
+                let op = Operation::new(OperationKind::ProviderFailure, correlation_id.as_str())
+                    .with_capability(&*route.capability)
+                    .with_plugin(&*slot.name)
+                    .with_outcome(outcome)
+                    .with_error(reason.as_str())
+                    .with_at_ns(inner.clock.monotonic_ns());
+                feeds::observe(feeds, &op);
             }
+            inner.events.emit(OrchestratorEvent::CapabilityFallback {
+                capability: route.capability.to_string(),
+                plugin: slot.name.to_string(),
+                reason: failure.to_string(),
+                correlation_id: correlation_id.clone(),
+            });
             attempts.push(FailedAttempt {
                 plugin: slot.name.to_string(),
-                failure: ProviderFailure::Error {
-                    message: "unregistered while the call was under way; not called".into(),
-                },
+                failure,
             });
-            continue;
-        };
-        slot.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let outcome = guarded(inner.call_timeout, || slot.plugin.process_request(request)).await;
-        let failure = match outcome {
-            Ok(Ok(mut response)) => {
-                response.served_by = slot.name.to_string();
-                response.fallback = index > 0;
-                response.correlation_id = std::mem::take(correlation_id);
-                return Ok(response);
-            }
-            Ok(Err(error)) if error.is_invalid_request() => {
-                return Err(DispatchError::InvalidRequest {
-                    capability: route.capability.to_string(),
-                    plugin: slot.name.to_string(),
-                    message: error.message,
-                }
-                .into());
-            }
-            Ok(Err(error)) => {
-                slot.stats.errors.fetch_add(1, Ordering::Relaxed);
-                ProviderFailure::Error { message: error.message }
-            }
-            Err(failure) => {
-                let counter = match failure {
-                    ProviderFailure::Timeout { .. } => &slot.stats.timeouts,
-                    _ => &slot.stats.panics,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                failure
-            }
-        };
-        tracing::warn!(plugin = %slot.name, %failure, "provider failed; falling back");
-        if let Some(feeds) = feeds.filter(|f| f.observes(OperationKind::ProviderFailure)) {
-            let outcome = match &failure {
-                ProviderFailure::Timeout { .. } => OperationOutcome::TimedOut,
-                ProviderFailure::Panic { .. } => OperationOutcome::Panicked,
-                _ => OperationOutcome::Failed,
-            };
-            let reason = failure.to_string();
-            let op = Operation::new(OperationKind::ProviderFailure, correlation_id.as_str())
-                .with_capability(&*route.capability)
-                .with_plugin(&*slot.name)
-                .with_outcome(outcome)
-                .with_error(reason.as_str())
-                .with_at_ns(inner.clock.monotonic_ns());
-            feeds::observe(feeds, &op);
         }
-        inner.events.emit(OrchestratorEvent::CapabilityFallback {
-            capability: route.capability.to_string(),
-            plugin: slot.name.to_string(),
-            reason: failure.to_string(),
-            correlation_id: correlation_id.clone(),
-        });
-        attempts.push(FailedAttempt {
-            plugin: slot.name.to_string(),
-            failure,
-        });
+        // A provider was retired between the snapshot and the call: a hot swap or an unregister
+        // raced this call. Try the providers of the registry as it is now (a swap inserts the
+        // new plugin before it retires the old one, so the registry then holds it), so that a
+        // call made during a hot swap is served by the new plugin instead of failing; a few
+        // times, in case swaps follow each other faster than this call.
+        if skipped_retired && reloads < MAX_RELOADS && pending.is_some() {
+            let fresh = inner.registry.snapshot().routes.get(&*route.capability).cloned();
+            if let Some(fresh) = fresh.filter(|fresh| !Arc::ptr_eq(fresh, &route)) {
+                route = fresh;
+                reloads += 1;
+                continue;
+            }
+        }
+        break;
     }
 
     match pending {

@@ -6,12 +6,15 @@
 //! value reported (the highest value of its bucket, as HDR reports) is within 1% of what was
 //! recorded. Up to [`MAX_TRACKED_NS`] (one hour) that is [`LEN`] (4,608) buckets.
 //!
-//! Why not `hdrhistogram` itself: its public API reads a histogram only through its iterators
-//! and adds two histograms value by value unless their sizes match, so a reader merging a
-//! series (under each shard's lock) and taking its percentiles walked every bucket several
-//! times, slowly. Here a merge is a pass of additions over two slices and the percentiles are
-//! one pass over the merged counts. The layout is the same: the tests check these percentiles
-//! against `hdrhistogram`'s.
+//! Why not `hdrhistogram` itself (it is what the tests check this against): both ways were
+//! built and measured (`cargo bench -p plugin-performance`, 2 cores). With `hdrhistogram`
+//! (fixed bounds so that every merge takes its fast path, `u64` counts, since `add` and
+//! `subtract` need one counter type) a series took 593 KB on two shards and the JSON view of 20
+//! capabilities 354-398 us; with these arrays (`u32` window slots, merges and percentile passes
+//! that stop at the highest bucket in use) 207 KB and 107-126 us, and `observe` 44 ns instead of
+//! 56. Its auto-resizing histograms are smaller, but then shards differ in size and `add` falls
+//! back to adding value by value. The layout is the same, so the figures are the same: the
+//! tests check these percentiles against `hdrhistogram`'s.
 
 /// The largest latency the histograms tell apart: one hour, in nanoseconds. Larger values are
 /// counted in its bucket (their sum stays exact).
