@@ -55,25 +55,37 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Waits until every event emitted so far has reached every plugin: registers a sentinel agent
-/// and waits for subscribers (who hear an event after the plugins) to hear of it. Returns how
+/// Waits until the events emitted so far have reached the plugins (or been dropped by a plugin
+/// that could not keep up): registers a sentinel agent and waits for subscribers, who hear an
+/// event once the plugins are done with it, to hear of it. A sentinel whose event was itself
+/// dropped (the central queue was full) is replaced by another after a second. Returns how
 /// long that took.
 pub async fn drain_events(orch: &Orchestrator) -> std::time::Duration {
     let start = std::time::Instant::now();
     let mut events = orch.subscribe_events();
-    let sentinel = orch
-        .register_agent(AgentConfig::new("drain-sentinel"))
-        .await
-        .expect("registers");
     loop {
-        match events.recv().await {
-            Ok(orchestrator::OrchestratorEvent::AgentRegistered { agent_id }) if agent_id == sentinel.to_string() => {
-                break;
+        let sentinel = orch
+            .register_agent(AgentConfig::new("drain-sentinel"))
+            .await
+            .expect("registers");
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            loop {
+                match events.recv().await {
+                    Ok(orchestrator::OrchestratorEvent::AgentRegistered { agent_id })
+                        if agent_id == sentinel.to_string() =>
+                    {
+                        return;
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
             }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        })
+        .await;
+        let _ = orch.deregister_agent(&sentinel).await;
+        if heard.is_ok() {
+            break;
         }
     }
-    let _ = orch.deregister_agent(&sentinel).await;
     start.elapsed()
 }
