@@ -7,7 +7,9 @@
 //! - Plugins are written against `plugin-api` and never see this crate's types.
 //! - [`AgentExecutor`] is the embedder's hook for doing an agent's work.
 
+mod agent_tasks;
 mod agents;
+mod builder;
 mod c_abi;
 mod clock;
 mod config;
@@ -22,10 +24,12 @@ mod ids;
 mod legacy;
 mod loader;
 mod orchestrator;
+mod plugins;
 mod registry;
 mod task;
 
 pub use agents::{Agent, AgentConfig};
+pub use builder::OrchestratorBuilder;
 pub use c_abi::C_ABI_VERSION;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::LEGACY;
@@ -36,9 +40,8 @@ pub use events::DEFAULT_EVENT_QUEUE_CAPACITY;
 pub use executor::{AgentExecutor, DryRunExecutor, ExecutionContext, ExecutorError};
 pub use ids::AgentId;
 pub use loader::{LIBRARY_EXTENSION, OpenedPlugin, PluginAbi, PluginInspection, inspect_plugin, open_plugin};
-pub use orchestrator::{
-    DEFAULT_CALL_TIMEOUT, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, Orchestrator, OrchestratorBuilder,
-};
+pub use orchestrator::{DEFAULT_CALL_TIMEOUT, Orchestrator};
 pub use plugin_api::AgentStatus;
+pub use plugins::{LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin};
 pub use registry::{CapabilityInfo, Catalog, PluginInfo, PluginOptions, PluginOrigin};
 pub use task::Task;
