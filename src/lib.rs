@@ -31,11 +31,12 @@
 //! Plugins are written against the [`plugin_api`] crate, re-exported here.
 
 pub use orchestrator_core::{
-    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, C_ABI_VERSION, CapabilityInfo, Catalog, Clock,
-    ConfigError, DEFAULT_CALL_TIMEOUT, DEFAULT_EVENT_QUEUE_CAPACITY, DispatchError, DryRunExecutor, ExecutionContext,
-    ExecutorError, FailedAttempt, LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport, LoadReportEntry,
-    LoadedPlugin, ManualClock, OpenedPlugin, Orchestrator, OrchestratorBuilder, OrchestratorError, PluginAbi,
-    PluginInfo, PluginInspection, PluginOptions, PluginOrigin, ProviderFailure, RegistryError, SystemClock, Task,
+    Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, AuditPolicy, C_ABI_VERSION, CapabilityInfo,
+    Catalog, Clock, ConfigError, DEFAULT_CALL_TIMEOUT, DEFAULT_EVENT_QUEUE_CAPACITY, DispatchError, DryRunExecutor,
+    ExecutionContext, ExecutorError, FailedAttempt, LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport,
+    LoadReportEntry, LoadedPlugin, ManualClock, OpenedPlugin, Orchestrator, OrchestratorBuilder, OrchestratorError,
+    PipelineOptions, PipelineStep, PluginAbi, PluginInfo, PluginInspection, PluginOptions, PluginOrigin,
+    ProviderFailure, RegistryError, StepOutcome, StepTrace, SystemClock, Task, TaskError, TaskReport, TaskStatus,
     inspect_plugin, open_plugin,
 };
 pub use plugin_api;
@@ -107,7 +108,8 @@ impl DefaultPlugins for OrchestratorBuilder {
 pub mod prelude {
     pub use crate::DefaultPlugins;
     pub use orchestrator_core::{
-        AgentConfig, AgentId, AgentStatus, Orchestrator, OrchestratorBuilder, OrchestratorError, Task,
+        AgentConfig, AgentExecutor, AgentId, AgentStatus, ExecutionContext, ExecutorError, Orchestrator,
+        OrchestratorBuilder, OrchestratorError, PipelineStep, Task, TaskReport, TaskStatus,
     };
     pub use plugin_api::{
         HealthStatus, HostHandle, IntegrationRequest, IntegrationResponse, OrchestrationPlugin, PluginError,

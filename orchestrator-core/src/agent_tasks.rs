@@ -2,9 +2,10 @@
 //! choice as fallback) and running a task on an agent through the `AgentExecutor`, with its
 //! load counted, its status kept, the task feeds told and an `invoke_agent` span around it.
 
+use crate::agents::AgentEntry;
 use crate::dispatch;
 use crate::error::{AgentError, OrchestratorError};
-use crate::executor::ExecutionContext;
+use crate::executor::{ExecutionContext, ExecutorError};
 use crate::feeds;
 use crate::guard::contained;
 use crate::ids::new_correlation_id;
@@ -14,6 +15,7 @@ use crate::{AgentId, Task};
 use plugin_api::{AgentStatus, IntegrationRequest, Operation, OperationKind, OperationOutcome, OrchestratorEvent};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 pub(crate) async fn select_agent(
@@ -105,16 +107,26 @@ fn check_selection(inner: &Inner, task: &Task, candidates: &[AgentId], selected:
 }
 
 /// Counts a task on an agent for as long as it lives, so the load is given back even when the
-/// task's future is dropped half-way.
-struct RunningTask<'a> {
+/// task's future is dropped half-way. Given back, the slot goes first to a task waiting in the
+/// pipeline's queue that the agent fits.
+pub(crate) struct RunningTask<'a> {
     inner: &'a Inner,
-    entry: Arc<crate::agents::AgentEntry>,
+    entry: Arc<AgentEntry>,
 }
 
 impl<'a> RunningTask<'a> {
-    fn start(inner: &'a Inner, entry: Arc<crate::agents::AgentEntry>) -> Self {
+    /// Counts one more task on the agent, whatever its capacity (`execute_agent_task`: the
+    /// caller chose the agent).
+    fn start(inner: &'a Inner, entry: Arc<AgentEntry>) -> Self {
+        entry.begin_task();
+        Self::acquired(inner, entry)
+    }
+
+    /// Holds a slot already taken (`AgentEntry::try_begin_task`, or handed over by a finishing
+    /// task): wakes a sleeping agent, and marks it busy when it is full.
+    pub(crate) fn acquired(inner: &'a Inner, entry: Arc<AgentEntry>) -> Self {
         inner.transition(&entry, AgentStatus::Sleeping, AgentStatus::Active);
-        if entry.begin_task() >= entry.capacity {
+        if entry.load() >= entry.capacity {
             inner.transition(&entry, AgentStatus::Active, AgentStatus::Busy);
         }
         Self { inner, entry }
@@ -123,10 +135,7 @@ impl<'a> RunningTask<'a> {
 
 impl Drop for RunningTask<'_> {
     fn drop(&mut self) {
-        if self.entry.end_task() < self.entry.capacity {
-            self.inner
-                .transition(&self.entry, AgentStatus::Busy, AgentStatus::Active);
-        }
+        crate::pipeline::release_slot(self.inner, &self.entry);
     }
 }
 
@@ -211,7 +220,82 @@ async fn run_task(
         }
         None => None,
     };
+    let run = TaskRun {
+        data,
+        analysis,
+        correlation_id,
+        task_id: None,
+        attempt: 1,
+        timeout: None,
+    };
+    match execute_on(inner, &entry, None, run).await {
+        Ok(output) => Ok(output),
+        Err(failure) => Err(failure.into_error(agent)),
+    }
+}
 
+/// One run of a task on an agent, as [`execute_on`] takes it.
+pub(crate) struct TaskRun {
+    pub(crate) data: Value,
+    pub(crate) analysis: Option<Value>,
+    pub(crate) correlation_id: String,
+    pub(crate) task_id: Option<String>,
+    pub(crate) attempt: u32,
+    /// The bound on the executor (none: it may take as long as it takes).
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// Why a run did not produce an output.
+#[derive(Debug)]
+pub(crate) struct RunFailure {
+    pub(crate) message: String,
+    pub(crate) retryable: bool,
+    kind: RunFailureKind,
+}
+
+#[derive(Debug)]
+enum RunFailureKind {
+    Vetoed { plugin: String },
+    Executor,
+}
+
+impl RunFailure {
+    pub(crate) fn into_error(self, agent: &AgentId) -> OrchestratorError {
+        match self.kind {
+            RunFailureKind::Vetoed { plugin } => AgentError::TaskVetoed {
+                id: agent.clone(),
+                plugin,
+                reason: self.message,
+            }
+            .into(),
+            RunFailureKind::Executor => AgentError::ExecutionFailed {
+                id: agent.clone(),
+                message: self.message,
+            }
+            .into(),
+        }
+    }
+}
+
+/// Runs one task on `entry` through the executor: the `task_start` interceptors first (a veto
+/// ends it before it counts on the agent, unless `slot` already holds a slot, which is then
+/// given back), the load counted while it runs, the task feeds told of its start and finish.
+/// A panic of the executor is contained; a run past `timeout` is a retryable failure.
+pub(crate) async fn execute_on(
+    inner: &Inner,
+    entry: &Arc<AgentEntry>,
+    slot: Option<RunningTask<'_>>,
+    run: TaskRun,
+) -> Result<Value, RunFailure> {
+    let TaskRun {
+        data,
+        analysis,
+        correlation_id,
+        task_id,
+        attempt,
+        timeout,
+    } = run;
+    let agent = &entry.id;
     let feeds = {
         let snapshot = inner.registry.snapshot();
         let fed = snapshot.feeds.intercepts(OperationKind::TaskStart)
@@ -231,16 +315,18 @@ async fn run_task(
             .with_details(&data)
             .with_at_ns(started);
         if let Err(veto) = feeds::intercept(feeds, inner.call_timeout, &asked).await {
-            return Err(AgentError::TaskVetoed {
-                id: agent.clone(),
-                plugin: veto.plugin,
-                reason: veto.reason,
-            }
-            .into());
+            return Err(RunFailure {
+                message: veto.reason,
+                retryable: false,
+                kind: RunFailureKind::Vetoed { plugin: veto.plugin },
+            });
         }
     }
 
-    let running = RunningTask::start(inner, entry);
+    let running = match slot {
+        Some(slot) => slot,
+        None => RunningTask::start(inner, Arc::clone(entry)),
+    };
     if let Some(feeds) = feeds.as_ref().filter(|f| f.observes(OperationKind::TaskStart)) {
         feeds::observe(feeds, &task_operation(OperationKind::TaskStart).with_at_ns(started));
     }
@@ -258,9 +344,20 @@ async fn run_task(
         data,
         analysis,
         correlation_id,
+        task_id,
+        attempt,
     };
     let executor = Arc::clone(&inner.executor);
-    let outcome = contained(|| executor.execute(context)).await;
+    let outcome = match timeout {
+        None => contained(|| executor.execute(context)).await,
+        Some(limit) => match tokio::time::timeout(limit, contained(|| executor.execute(context))).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Ok(Err(ExecutorError::retryable(format!(
+                "the executor did not finish within {} ms",
+                limit.as_millis()
+            )))),
+        },
+    };
     drop(running);
     if let Some(finish) = finish.as_mut() {
         match &outcome {
@@ -271,15 +368,15 @@ async fn run_task(
     }
     match outcome {
         Ok(Ok(output)) => Ok(output),
-        Ok(Err(error)) => Err(AgentError::ExecutionFailed {
-            id: agent.clone(),
+        Ok(Err(error)) => Err(RunFailure {
             message: error.message,
-        }
-        .into()),
-        Err(failure) => Err(AgentError::ExecutionFailed {
-            id: agent.clone(),
+            retryable: error.retryable,
+            kind: RunFailureKind::Executor,
+        }),
+        Err(failure) => Err(RunFailure {
             message: format!("the executor {failure}"),
-        }
-        .into()),
+            retryable: false,
+            kind: RunFailureKind::Executor,
+        }),
     }
 }

@@ -216,6 +216,16 @@ impl AgentEntry {
         self.load.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// Takes a slot if one is free (load below capacity), atomically: two callers can never both
+    /// take the last one.
+    pub(crate) fn try_begin_task(&self) -> bool {
+        self.load
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l < self.capacity).then_some(l + 1)
+            })
+            .is_ok()
+    }
+
     /// One task fewer running; returns the new load.
     pub(crate) fn end_task(&self) -> u32 {
         let prev = self
@@ -320,6 +330,13 @@ impl AgentRegistry {
     /// Every entry, in no particular order: for hot paths that order the result themselves.
     pub(crate) fn entries_unordered(&self) -> Vec<Arc<AgentEntry>> {
         self.map.iter().map(|r| Arc::clone(r.value())).collect()
+    }
+
+    /// Visits every entry as its `Arc` (the caller holds no map guard of its own).
+    pub(crate) fn for_each_arc(&self, mut f: impl FnMut(&Arc<AgentEntry>)) {
+        for r in self.map.iter() {
+            f(r.value());
+        }
     }
 
     /// Visits every entry (the caller holds no map guard of its own).

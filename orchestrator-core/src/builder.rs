@@ -9,6 +9,7 @@ use crate::events::EventBus;
 use crate::executor::{AgentExecutor, DryRunExecutor};
 use crate::host::CoreHost;
 use crate::orchestrator::{DEFAULT_CALL_TIMEOUT, Inner, Orchestrator};
+use crate::pipeline::{PipelineOptions, PipelineTable, WaitQueue};
 use crate::plugins::{library_files, open_library, register, register_opened};
 use crate::registry::{CapabilityRegistry, PluginOptions, PluginOrigin};
 use plugin_api::OrchestrationPlugin;
@@ -48,11 +49,14 @@ pub struct OrchestratorBuilder {
     libraries: Vec<LibrarySource>,
     configs: BTreeMap<String, Value>,
     config_files: Vec<PathBuf>,
-    legacy_mode: bool,
-    call_timeout: Duration,
+    // The host's settings: `None` until set in code, when the `[orchestrator]` table of a
+    // configuration file (or the default) decides.
+    legacy_mode: Option<bool>,
+    call_timeout: Option<Duration>,
     executor: Arc<dyn AgentExecutor>,
     clock: Arc<dyn Clock>,
-    event_queue_capacity: usize,
+    event_queue_capacity: Option<usize>,
+    pipeline: Option<PipelineOptions>,
 }
 
 impl Default for OrchestratorBuilder {
@@ -62,11 +66,12 @@ impl Default for OrchestratorBuilder {
             libraries: Vec::new(),
             configs: BTreeMap::new(),
             config_files: Vec::new(),
-            legacy_mode: true,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
+            legacy_mode: None,
+            call_timeout: None,
             executor: Arc::new(DryRunExecutor),
             clock: Arc::new(SystemClock::new()),
-            event_queue_capacity: crate::events::DEFAULT_EVENT_QUEUE_CAPACITY,
+            event_queue_capacity: None,
+            pipeline: None,
         }
     }
 }
@@ -142,14 +147,14 @@ impl OrchestratorBuilder {
     /// Turns the legacy fallback path on (the default) or off. Off, a capability with no
     /// working provider is an error.
     pub fn legacy_mode(mut self, on: bool) -> Self {
-        self.legacy_mode = on;
+        self.legacy_mode = Some(on);
         self
     }
 
     /// Bounds each provider call (and each `initialize`, health check, event delivery and
     /// shutdown); default [`DEFAULT_CALL_TIMEOUT`].
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
+        self.call_timeout = Some(timeout);
         self
     }
 
@@ -163,7 +168,14 @@ impl OrchestratorBuilder {
     /// and reported as `degraded` by the next [`Orchestrator::health`]. Memory stays bounded
     /// by the capacities whatever a plugin does.
     pub fn event_queue_capacity(mut self, capacity: usize) -> Self {
-        self.event_queue_capacity = capacity.max(1);
+        self.event_queue_capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// How [`Orchestrator::submit_task`] waits, retries and balances (see [`PipelineOptions`]).
+    /// Replaces the `[orchestrator.pipeline]` table of a configuration file.
+    pub fn pipeline(mut self, options: PipelineOptions) -> Self {
+        self.pipeline = Some(options);
         self
     }
 
@@ -182,6 +194,23 @@ impl OrchestratorBuilder {
             configs.extend(read_toml_file(path)?);
         }
         configs.extend(self.configs);
+        let host = match configs.remove(HOST_TABLE) {
+            Some(table) => HostTable::parse(table)?,
+            None => HostTable::default(),
+        };
+        let legacy_mode = self.legacy_mode.or(host.legacy_mode).unwrap_or(true);
+        let call_timeout = self
+            .call_timeout
+            .or(host.call_timeout_ms.map(Duration::from_millis))
+            .unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let event_queue_capacity = self
+            .event_queue_capacity
+            .or(host.event_queue_capacity.map(|n| n.max(1)))
+            .unwrap_or(crate::events::DEFAULT_EVENT_QUEUE_CAPACITY);
+        let pipeline = match self.pipeline {
+            Some(options) => options,
+            None => host.pipeline.unwrap_or_default().apply(PipelineOptions::default()),
+        };
 
         let mut opened = Vec::new();
         for source in self.libraries {
@@ -221,24 +250,22 @@ impl OrchestratorBuilder {
         }
 
         let registry = Arc::new(CapabilityRegistry::default());
-        let events = EventBus::start(
-            Arc::clone(&registry),
-            &runtime,
-            self.call_timeout,
-            self.event_queue_capacity,
-        );
+        let events = EventBus::start(Arc::clone(&registry), &runtime, call_timeout, event_queue_capacity);
         let inner = Arc::new_cyclic(|weak| Inner {
             agents: AgentRegistry::default(),
             registry,
             events,
-            legacy_mode: self.legacy_mode,
-            call_timeout: self.call_timeout,
+            legacy_mode,
+            call_timeout,
             round_robin: AtomicUsize::new(0),
             runtime,
             clock: self.clock,
             executor: self.executor,
             configs: Mutex::new(configs),
             host: Arc::new(CoreHost { inner: weak.clone() }),
+            pipeline,
+            waiting: WaitQueue::default(),
+            pipeline_tasks: dashmap::DashMap::new(),
         });
         for (plugin, options) in self.plugins {
             register(&inner, plugin, options, PluginOrigin::Static).await?;
@@ -247,5 +274,27 @@ impl OrchestratorBuilder {
             register_opened(&inner, library, PluginOptions::new()).await?;
         }
         Ok(Orchestrator { inner })
+    }
+}
+
+/// The table of a configuration file that configures the host itself rather than a plugin.
+const HOST_TABLE: &str = "orchestrator";
+
+/// The `[orchestrator]` table: the host's own settings. Settings made in code win over it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostTable {
+    legacy_mode: Option<bool>,
+    call_timeout_ms: Option<u64>,
+    event_queue_capacity: Option<usize>,
+    pipeline: Option<PipelineTable>,
+}
+
+impl HostTable {
+    fn parse(table: Value) -> Result<Self, ConfigError> {
+        serde_json::from_value(table).map_err(|e| ConfigError::InvalidHostTable {
+            table: HOST_TABLE.into(),
+            message: e.to_string(),
+        })
     }
 }

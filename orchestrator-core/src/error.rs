@@ -28,6 +28,80 @@ pub enum OrchestratorError {
     /// Loading a plugin library.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Submitting a task to the pipeline.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// Why [`Orchestrator::submit_task`](crate::Orchestrator::submit_task) refused a task before
+/// it ran. (A task that ran and failed is not an error: its report says
+/// [`TaskStatus::Failed`](crate::TaskStatus::Failed).)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task itself is malformed.
+    #[error("task `{task}` is malformed: {reason}")]
+    Invalid {
+        /// The task's id.
+        task: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Its token was refused (or nothing could verify it: a task with a token is never run
+    /// unverified).
+    #[error("task `{task}` refused: its token was not accepted ({reason}); submit it with a valid, unexpired token")]
+    Unauthenticated {
+        /// The task's id.
+        task: String,
+        /// Why.
+        reason: String,
+    },
+    /// The token's subject may not submit tasks.
+    #[error("task `{task}` refused: `{subject}` may not submit tasks ({reason}); grant it `tasks:submit`")]
+    Forbidden {
+        /// The task's id.
+        task: String,
+        /// The authenticated subject.
+        subject: String,
+        /// The rule that decided, or why no decision could be made.
+        reason: String,
+    },
+    /// No registered agent could ever take it.
+    #[error("no agent can take task `{task}`: {reason}")]
+    NoEligibleAgent {
+        /// The task's id.
+        task: String,
+        /// Why (which capabilities are missing, or that every such agent is offline).
+        reason: String,
+    },
+    /// Every eligible agent was at capacity and the queue of waiting tasks was full.
+    #[error(
+        "task `{task}` refused: every eligible agent is at capacity and {queued} tasks already wait (the limit); retry later, add agents or raise `max_queued`"
+    )]
+    QueueFull {
+        /// The task's id.
+        task: String,
+        /// How many tasks were waiting.
+        queued: usize,
+    },
+    /// Its deadline passed before it could run (or before it was done).
+    #[error("task `{task}` missed its deadline of {deadline_ms} ms while {stage}")]
+    DeadlinePassed {
+        /// The task's id.
+        task: String,
+        /// The deadline, from submission.
+        deadline_ms: u64,
+        /// Where it was: `waiting for a free agent`, `backing off before a retry`, ...
+        stage: String,
+    },
+    /// A task with this id is already in the pipeline, or done (task ids are unique).
+    #[error("task `{task}` was already submitted ({state}); give each task its own id")]
+    AlreadySubmitted {
+        /// The task's id.
+        task: String,
+        /// Its state when the second submission came.
+        state: String,
+    },
 }
 
 /// Errors loading a plugin from a shared library. Every message names the file.
@@ -382,6 +456,14 @@ pub enum ConfigError {
         plugin: String,
         /// The plugins registered.
         known: Vec<String>,
+    },
+    /// The host's own table (`[orchestrator]`) has an unknown key or a value of the wrong type.
+    #[error("configuration table `[{table}]` (the host's own settings) is invalid: {message}")]
+    InvalidHostTable {
+        /// The table.
+        table: String,
+        /// What is wrong, naming the key.
+        message: String,
     },
     /// `build()` was called outside a Tokio runtime.
     #[error(

@@ -21,21 +21,39 @@ pub struct ExecutionContext {
     pub analysis: Option<Value>,
     /// The correlation id that ties the task's steps together.
     pub correlation_id: String,
+    /// The task's id, for tasks submitted through the pipeline.
+    pub task_id: Option<String>,
+    /// Which run of the task this is: 1, then 2 and on for retries.
+    pub attempt: u32,
 }
 
 /// An executor's failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
+#[non_exhaustive]
 pub struct ExecutorError {
     /// What went wrong.
     pub message: String,
+    /// Whether running the task again may succeed (a rate limit, a timeout, a lost connection):
+    /// the pipeline retries such failures, with backoff, moving to another agent when one keeps
+    /// failing. Other failures end the task at once.
+    pub retryable: bool,
 }
 
 impl ExecutorError {
-    /// An error saying `message`.
+    /// A failure that running the task again would not cure (bad input, a refusal).
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// A failure worth retrying (a rate limit, a timeout, a lost connection).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
         }
     }
 }

@@ -100,11 +100,13 @@ fn hex32(high: u64, low: u64) -> String {
     out
 }
 
-/// A new task id, unique within this process.
+/// A new task id, `task-<8 hex digits of the process seed>-<n>`: unique within this process,
+/// and unlikely to collide with another process's (tasks of processes sharing state on Redis are
+/// kept under their ids, so `task-1` from two processes would be one task).
 pub(crate) fn new_task_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("task-{n}")
+    format!("task-{:08x}-{n}", process_seed() >> 32)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod ids;
 mod legacy;
 mod loader;
 mod orchestrator;
+mod pipeline;
 mod plugins;
 mod registry;
 mod task;
@@ -34,14 +35,16 @@ pub use c_abi::C_ABI_VERSION;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::LEGACY;
 pub use error::{
-    AgentError, ConfigError, DispatchError, FailedAttempt, LoadError, OrchestratorError, ProviderFailure, RegistryError,
+    AgentError, ConfigError, DispatchError, FailedAttempt, LoadError, OrchestratorError, ProviderFailure,
+    RegistryError, TaskError,
 };
 pub use events::DEFAULT_EVENT_QUEUE_CAPACITY;
 pub use executor::{AgentExecutor, DryRunExecutor, ExecutionContext, ExecutorError};
 pub use ids::AgentId;
 pub use loader::{LIBRARY_EXTENSION, OpenedPlugin, PluginAbi, PluginInspection, inspect_plugin, open_plugin};
 pub use orchestrator::{DEFAULT_CALL_TIMEOUT, Orchestrator};
+pub use pipeline::{AuditPolicy, PipelineOptions};
 pub use plugin_api::AgentStatus;
 pub use plugins::{LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin};
 pub use registry::{CapabilityInfo, Catalog, PluginInfo, PluginOptions, PluginOrigin};
-pub use task::Task;
+pub use task::{PipelineStep, StepOutcome, StepTrace, Task, TaskReport, TaskStatus};

@@ -52,6 +52,12 @@ pub(crate) struct Inner {
     pub(crate) executor: Arc<dyn AgentExecutor>,
     pub(crate) configs: Mutex<BTreeMap<String, Value>>,
     pub(crate) host: Arc<CoreHost>,
+    /// How the task pipeline waits, retries and balances.
+    pub(crate) pipeline: crate::pipeline::PipelineOptions,
+    /// Tasks waiting for a free agent.
+    pub(crate) waiting: crate::pipeline::WaitQueue,
+    /// Ids of the tasks in the pipeline now (a task runs once).
+    pub(crate) pipeline_tasks: dashmap::DashMap<String, ()>,
 }
 
 impl Inner {
@@ -76,6 +82,9 @@ impl Inner {
         let from = entry.swap_status(status);
         if from != status {
             self.status_changed(id, from, status);
+            if from == AgentStatus::Offline {
+                crate::pipeline::serve_waiters(self, &entry);
+            }
         }
         Ok(())
     }
@@ -166,6 +175,7 @@ impl Orchestrator {
                 inner.events.emit(OrchestratorEvent::AgentRegistered {
                     agent_id: entry.id.to_string(),
                 });
+                crate::pipeline::serve_waiters(&inner, &entry);
                 return Ok(entry.id.clone());
             };
             if feeds.intercepts(OperationKind::AgentRegistration) {
@@ -176,6 +186,7 @@ impl Orchestrator {
             let started = inner.clock.monotonic_ns();
             let entry = inner.agents.register(config)?;
             registered(&inner, &entry, &feeds, started);
+            crate::pipeline::serve_waiters(&inner, &entry);
             Ok(entry.id.clone())
         }
     }
@@ -488,6 +499,50 @@ impl Orchestrator {
         async move { run_agent_task(&inner, &agent, task_data, None).await }
     }
 
+    /// Runs a task through the pipeline of every plugin present, under one correlation id:
+    /// authentication and authorisation when it carries a token (refused before any agent sees
+    /// it), the slash command it is or the analysis of what it says, the choice of an agent
+    /// among those that can take it (waiting, by priority, while all are at capacity), the
+    /// assignment, the executor (retried with backoff on retryable failures, on another agent
+    /// when one keeps failing), its quality gates, and the records (learning, mapping, workflow,
+    /// audit, the `task_completed` event). The report traces every step: the plugin that served
+    /// it, how long it took and what it came to. See the `pipeline` module for the order of the
+    /// steps and the options ([`PipelineOptions`](crate::PipelineOptions)).
+    ///
+    /// A task refused before it ran is an error ([`TaskError`](crate::TaskError): bad token,
+    /// not allowed, no agent could take it, queue full, deadline passed, id already submitted);
+    /// a task that ran and failed is a report with [`TaskStatus::Failed`](crate::TaskStatus).
+    ///
+    /// ```
+    /// use orchestrator_core::{AgentConfig, Orchestrator, PipelineStep, Task, TaskStatus};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let orchestrator = Orchestrator::builder().build().await?;
+    /// orchestrator.register_agent(AgentConfig::new("db").with_capabilities(["database"])).await?;
+    ///
+    /// let report = orchestrator
+    ///     .submit_task(Task::new("migrate the orders table").with_required_capabilities(["database"]))
+    ///     .await?;
+    /// assert_eq!(report.status, TaskStatus::Succeeded);
+    /// assert_eq!(report.attempts, 1);
+    /// // No plugins here: the analysis came from the legacy path, the executor was the dry run.
+    /// assert_eq!(report.step(PipelineStep::Analyse).next().map(|s| s.plugin.as_str()), Some("legacy"));
+    /// assert_eq!(report.output.as_ref().map(|o| o["dry_run"] == true), Some(true));
+    /// # Ok::<(), orchestrator_core::OrchestratorError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn submit_task(
+        &self,
+        task: Task,
+    ) -> impl Future<Output = Result<crate::TaskReport, OrchestratorError>> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move { crate::pipeline::submit(&inner, task).await }
+    }
+
+    /// How many submitted tasks wait for a free agent now.
+    pub fn queued_tasks(&self) -> usize {
+        self.inner.waiting.len()
+    }
+
     /// The bound on each provider call.
     pub fn call_timeout(&self) -> Duration {
         self.inner.call_timeout
@@ -522,6 +577,7 @@ async fn register_fed(
     }
     let entry = inner.agents.register(config)?;
     registered(inner, &entry, feeds, started);
+    crate::pipeline::serve_waiters(inner, &entry);
     Ok(entry.id.clone())
 }
 
