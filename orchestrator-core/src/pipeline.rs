@@ -83,7 +83,7 @@ pub enum AuditPolicy {
 ///     .task_timeout(Duration::from_secs(120));
 /// assert_eq!(options.max_queued, 10_000);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PipelineOptions {
     /// Tasks that may wait for a free agent at once (default 10,000); past it, a task is
@@ -104,6 +104,10 @@ pub struct PipelineOptions {
     /// How many of the router's best picks the load balancer chooses among (default 3; 1
     /// leaves the choice to the router).
     pub balance_among: usize,
+    /// Only picks whose routing score is within this much of the best one's are handed to the
+    /// balancer (default 0.1, on scores from 0 to 1): the balancer spreads load among agents
+    /// the router finds about as good, never from a specialist to an agent that merely has room.
+    pub balance_within: f64,
     /// Which tasks are audited.
     pub audit: AuditPolicy,
 }
@@ -118,6 +122,7 @@ impl Default for PipelineOptions {
             max_quality_retries: 2,
             task_timeout: Duration::from_secs(30),
             balance_among: 3,
+            balance_within: 0.1,
             audit: AuditPolicy::Authenticated,
         }
     }
@@ -166,6 +171,12 @@ impl PipelineOptions {
         self.balance_among = n.max(1);
         self
     }
+    /// Sets [`balance_within`](Self::balance_within) (negative or NaN reads as 0).
+    #[must_use]
+    pub fn balance_within(mut self, margin: f64) -> Self {
+        self.balance_within = if margin.is_nan() { 0.0 } else { margin.max(0.0) };
+        self
+    }
     /// Sets [`audit`](Self::audit).
     #[must_use]
     pub fn audit(mut self, policy: AuditPolicy) -> Self {
@@ -185,6 +196,7 @@ pub(crate) struct PipelineTable {
     max_quality_retries: Option<u32>,
     task_timeout_ms: Option<u64>,
     balance_among: Option<usize>,
+    balance_within: Option<f64>,
     audit: Option<AuditPolicy>,
 }
 
@@ -210,6 +222,9 @@ impl PipelineTable {
         }
         if let Some(n) = self.balance_among {
             options = options.balance_among(n);
+        }
+        if let Some(margin) = self.balance_within {
+            options = options.balance_within(margin);
         }
         if let Some(policy) = self.audit {
             options = options.audit(policy);
@@ -583,10 +598,12 @@ async fn run_pipeline(inner: &Inner, task: &Task, correlation_id: String) -> Res
             failures_here = 0;
         }
         previous = Some(entry.id.clone());
+        // Taking the slot wakes a sleeping agent on the host; the context plugin is told too.
+        let asleep = entry.status() == AgentStatus::Sleeping;
         let slot = RunningTask::acquired(inner, Arc::clone(&entry));
         outcome.agent = Some(entry.id.clone());
         assign(&mut run, &entry, outcome.attempts).await?;
-        if entry.status() == AgentStatus::Sleeping {
+        if asleep {
             run.step(
                 PipelineStep::Wake,
                 "sleep_wake_cycles",
@@ -890,14 +907,28 @@ async fn pick(run: &mut Run<'_>, with_room: &[Arc<AgentEntry>]) -> AgentId {
     };
     let in_room = |id: &str| with_room.iter().find(|e| e.id.as_str() == id).map(|e| e.id.clone());
     let routed_pick = routed["selected_agent"].as_str().and_then(in_room);
-    let mut top: Vec<&str> = routed["ranking"]
+    let ranking: Vec<(&str, f64)> = routed["ranking"]
         .as_array()
-        .map(|r| r.iter().filter_map(|e| e["agent_id"].as_str()).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(|e| Some((e["agent_id"].as_str()?, e["score"].as_f64().unwrap_or(0.0))))
+                .filter(|(id, _)| in_room(id).is_some())
+                .collect()
+        })
         .unwrap_or_default();
-    top.retain(|id| in_room(id).is_some());
+    let best = ranking
+        .iter()
+        .map(|(_, score)| *score)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let margin = run.inner.pipeline.balance_within;
+    let mut top: Vec<&str> = ranking
+        .iter()
+        .filter(|(_, score)| *score >= best - margin)
+        .map(|(id, _)| *id)
+        .collect();
     top.truncate(run.inner.pipeline.balance_among);
     if top.len() < 2 {
-        run.skipped(PipelineStep::Balance, "the router left one pick");
+        run.skipped(PipelineStep::Balance, "one pick stands out in the ranking");
         return routed_pick.unwrap_or(fallback);
     }
     let balanced = if run.served("adaptive_balancing") {
