@@ -16,7 +16,8 @@ use std::time::Duration;
 const SECRET: &str = "pipeline tests' shared secret";
 
 /// An executor that records what it ran and behaves as each task's data asks:
-/// `{"sleep_ms"?, "fail_attempts"?: n (retryable failures before success), "fatal"?: true,
+/// `{"sleep_ms"?, "fail_attempts"?: n (retryable failures before success), "fail_on_attempts"?:
+///   [runs that fail retryably], "fatal"?: true,
 ///   "metrics"?: {...} (returned; `"metrics_by_attempt": [{...}, ...]` per attempt)}`.
 #[derive(Clone, Default)]
 struct RecordingExecutor {
@@ -61,7 +62,10 @@ impl AgentExecutor for RecordingExecutor {
         if data["fatal"] == json!(true) {
             return Err(ExecutorError::new("the input cannot be processed"));
         }
-        if u64::from(context.attempt) <= data["fail_attempts"].as_u64().unwrap_or(0) {
+        let fails_now = data["fail_on_attempts"]
+            .as_array()
+            .is_some_and(|runs| runs.contains(&json!(context.attempt)));
+        if fails_now || u64::from(context.attempt) <= data["fail_attempts"].as_u64().unwrap_or(0) {
             return Err(ExecutorError::retryable(format!(
                 "rate limited on attempt {}",
                 context.attempt
@@ -404,7 +408,15 @@ async fn a_failing_quality_gate_retries_then_reports() {
     assert_eq!(report.status, TaskStatus::Succeeded, "{report:#?}");
     assert_eq!(report.attempts, 2);
     let gates: Vec<StepOutcome> = report.step(PipelineStep::QualityGate).map(|s| s.outcome).collect();
-    assert_eq!(gates, [StepOutcome::Done, StepOutcome::Done]);
+    assert_eq!(gates, [StepOutcome::Failed, StepOutcome::Done]);
+    let failed_gate = report.step(PipelineStep::QualityGate).next().expect("first gate");
+    assert!(
+        failed_gate
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("coverage") && d.contains("lint_errors")),
+        "{failed_gate:?}"
+    );
     assert_eq!(report.quality.as_ref().map(|q| q["passed"].clone()), Some(json!(true)));
 
     // Poor every time: three runs (one plus two retries), then a failed report saying why.
@@ -802,4 +814,35 @@ async fn twenty_thousand_concurrent_tasks_all_complete_exactly_once() {
             .expect("reads");
         assert_eq!(state.data["value"], "done");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quality_reruns_do_not_use_up_the_retry_budget() {
+    // Regression: gate re-runs were counted against `max_attempts`, so a retryable failure
+    // after two failed gates ended the task without a retry.
+    let executor = RecordingExecutor::default();
+    let audit = TempDir::new("budgets");
+    let orchestrator = nine_plugins(
+        executor.clone(),
+        &audit,
+        fast_retries().max_attempts(2).max_quality_retries(3),
+    )
+    .await;
+    specialists(&orchestrator).await;
+    // Runs 1 and 2 fail the gate, run 3 fails retryably, run 4 passes.
+    let report = orchestrator
+        .submit_task(
+            Task::new("tune the database query planner")
+                .with_quality_criteria(json!({"coverage": {"min": 0.8}}))
+                .with_data(json!({
+                    "fail_on_attempts": [3],
+                    "metrics_by_attempt": [{"coverage": 0.1}, {"coverage": 0.2}, {}, {"coverage": 0.9}],
+                })),
+        )
+        .await
+        .expect("runs");
+    assert_eq!(report.status, TaskStatus::Succeeded, "{report:#?}");
+    assert_eq!(report.attempts, 4);
+    assert_eq!(report.quality.as_ref().map(|q| q["passed"].clone()), Some(json!(true)));
+    assert!(report.error.is_none());
 }

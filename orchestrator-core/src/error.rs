@@ -371,7 +371,7 @@ pub enum DispatchError {
     },
     /// The capability is switched off and legacy mode cannot serve it.
     #[error(
-        "capability `{capability}` is disabled and has no legacy fallback: enable it with `set_capability_enabled(\"{capability}\", true)` or build with `legacy_mode(true)`"
+        "capability `{capability}` is disabled and no legacy fallback serves it (the legacy path serves only `extended_thinking` and `semantic_routing`, with legacy mode on): enable it with `set_capability_enabled(\"{capability}\", true)`"
     )]
     CapabilityDisabled {
         /// The capability.

@@ -89,7 +89,9 @@ pub struct PipelineOptions {
     /// Tasks that may wait for a free agent at once (default 10,000); past it, a task is
     /// refused with [`TaskError::QueueFull`].
     pub max_queued: usize,
-    /// Executor runs per task, for retryable failures (default 3, at least 1).
+    /// Executor runs that may fail (retryably) before a task is given up (default 3, at least
+    /// 1). Re-runs after a failed quality gate do not count here (see
+    /// [`max_quality_retries`](Self::max_quality_retries)).
     pub max_attempts: u32,
     /// The wait before the first retry, doubled for each further one, at most a second
     /// (default 50 ms).
@@ -588,6 +590,9 @@ async fn run_pipeline(inner: &Inner, task: &Task, correlation_id: String) -> Res
 
     let options = &inner.pipeline;
     let mut avoid: Vec<AgentId> = Vec::new();
+    // Executor failures (the retry budget, `max_attempts`) and failed gates (their own budget,
+    // `max_quality_retries`) are counted apart; `outcome.attempts` counts every run.
+    let mut failed_runs = 0_u32;
     let mut failures_here = 0_u32;
     let mut quality_runs = 0_u32;
     let mut previous: Option<AgentId> = None;
@@ -614,8 +619,10 @@ async fn run_pipeline(inner: &Inner, task: &Task, correlation_id: String) -> Res
             run.skipped(PipelineStep::Wake, "the agent is awake");
         }
 
-        // Execute.
+        // Execute. The report describes the last run only.
         outcome.attempts += 1;
+        outcome.output = None;
+        outcome.quality = None;
         let mut data = task.data.clone();
         if let (Some(kind), Value::Object(map)) = (&task.kind, &mut data) {
             map.entry("kind").or_insert_with(|| Value::String(kind.clone()));
@@ -666,6 +673,10 @@ async fn run_pipeline(inner: &Inner, task: &Task, correlation_id: String) -> Res
                     }
                     Some(report) => {
                         let failed = report["failed"].as_u64().unwrap_or(0);
+                        if let Some(last) = run.steps.last_mut() {
+                            last.outcome = StepOutcome::Failed;
+                            last.detail = Some(gate_failures(&report));
+                        }
                         outcome.quality = Some(report);
                         outcome.error = Some(format!("{failed} quality gate(s) failed"));
                         if quality_runs >= options.max_quality_retries {
@@ -701,14 +712,15 @@ async fn run_pipeline(inner: &Inner, task: &Task, correlation_id: String) -> Res
             }
         };
         outcome.error = Some(error);
-        if !retryable || outcome.attempts >= options.max_attempts {
+        failed_runs += 1;
+        if !retryable || failed_runs >= options.max_attempts {
             break TaskStatus::Failed;
         }
         failures_here += 1;
         if failures_here >= options.same_agent_attempts {
             avoid.push(entry.id.clone());
         }
-        let exponent = (outcome.attempts - 1).min(16);
+        let exponent = (failed_runs - 1).min(16);
         let backoff = options
             .retry_backoff
             .saturating_mul(1 << exponent)
@@ -725,6 +737,31 @@ async fn run_pipeline(inner: &Inner, task: &Task, correlation_id: String) -> Res
     }
     finish(&mut run, &outcome, status).await;
     Ok(run.report(status, outcome))
+}
+
+/// The reasons of the gates that failed, from a `quality_gates` answer.
+fn gate_failures(report: &Value) -> String {
+    let reasons: Vec<String> = report["gates"]
+        .as_array()
+        .map(|gates| {
+            gates
+                .iter()
+                .filter(|g| g["passed"] == json!(false))
+                .map(|g| {
+                    let metric = g["metric"].as_str().unwrap_or("?");
+                    match g["reason"].as_str() {
+                        Some(reason) => format!("{metric}: {reason}"),
+                        None => format!("{metric} failed"),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if reasons.is_empty() {
+        "the gates did not pass".to_owned()
+    } else {
+        reasons.join("; ")
+    }
 }
 
 /// Verifies the token and asks whether its subject may submit tasks; the subject, or why not.

@@ -282,8 +282,17 @@ impl ContextAwareRoutingPlugin {
         let task = parse_task(data, EXPECTED)?;
         let wanted = string_list(data.get("available_agents"), "available_agents")?;
         let host = self.host()?;
+        // A few candidates in a large fleet are looked up one by one; otherwise one read of
+        // every agent's load is cheaper than a full snapshot of each candidate. (The fleet's
+        // size is known well enough from the agents this plugin has seen.)
+        let fleet_seen = self
+            .capabilities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_agent
+            .len();
         let loads: Vec<AgentLoad> = match &wanted {
-            Some(ids) if ids.len() <= 32 => ids
+            Some(ids) if ids.len() <= 32 && fleet_seen > 8 * ids.len() => ids
                 .iter()
                 .filter_map(|id| host.agent(id))
                 .map(AgentLoad::from)

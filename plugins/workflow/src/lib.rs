@@ -137,7 +137,20 @@ pub struct EnhancedWorkflowPlugin {
     engine: Arc<dyn ThinkingEngine>,
     commands: RwLock<BTreeMap<String, Command>>,
     host: OnceLock<HostHandle>,
+    fleet: RwLock<Option<FleetCapabilities>>,
 }
+
+/// Every capability the fleet declares, as last read from the host: read again after an agent
+/// registers or leaves (the host's events), and at least every [`FLEET_REFRESH_NS`] in case an
+/// event was missed. Reading it costs a snapshot of every agent, which per task would make
+/// each analysis cost as much as the fleet is large.
+struct FleetCapabilities {
+    capabilities: Arc<BTreeSet<String>>,
+    read_at_ns: u64,
+}
+
+/// How old the fleet's capabilities may get before they are read again regardless of events.
+const FLEET_REFRESH_NS: u64 = 1_000_000_000;
 
 impl Default for EnhancedWorkflowPlugin {
     fn default() -> Self {
@@ -145,6 +158,7 @@ impl Default for EnhancedWorkflowPlugin {
             engine: Arc::new(HeuristicThinkingEngine),
             commands: RwLock::new(builtin_commands()),
             host: OnceLock::new(),
+            fleet: RwLock::new(None),
         }
     }
 }
@@ -199,9 +213,9 @@ impl EnhancedWorkflowPlugin {
             .get("task_description")
             .and_then(Value::as_str)
             .ok_or_else(|| PluginError::invalid_request("expected {\"task_description\": string}"))?;
-        let agent_capabilities: BTreeSet<String> = match self.host.get() {
-            Some(host) => host.agents().into_iter().flat_map(|a| a.capabilities).collect(),
-            None => BTreeSet::new(),
+        let agent_capabilities = match self.host.get() {
+            Some(host) => self.fleet_capabilities(host),
+            None => Arc::default(),
         };
         let analysis = self
             .engine
@@ -210,6 +224,22 @@ impl EnhancedWorkflowPlugin {
         let mut out = serde_json::to_value(&analysis).map_err(|e| PluginError::new(e.to_string()))?;
         out["engine"] = json!(self.engine.name());
         Ok(out)
+    }
+
+    fn fleet_capabilities(&self, host: &HostHandle) -> Arc<BTreeSet<String>> {
+        let now = host.monotonic_ns();
+        if let Some(fleet) = self.fleet.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if now.saturating_sub(fleet.read_at_ns) < FLEET_REFRESH_NS {
+                return Arc::clone(&fleet.capabilities);
+            }
+        }
+        let capabilities: Arc<BTreeSet<String>> =
+            Arc::new(host.agents().into_iter().flat_map(|a| a.capabilities).collect());
+        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = Some(FleetCapabilities {
+            capabilities: Arc::clone(&capabilities),
+            read_at_ns: now,
+        });
+        capabilities
     }
 
     fn command_list(&self) -> Value {
@@ -412,6 +442,15 @@ impl OrchestrationPlugin for EnhancedWorkflowPlugin {
             other => Err(PluginError::invalid_request(format!(
                 "{NAME} does not serve `{other}` (it serves extended_thinking, slash_commands, quality_gates)"
             ))),
+        }
+    }
+
+    async fn on_event(&self, event: &OrchestratorEvent) {
+        if matches!(
+            event,
+            OrchestratorEvent::AgentRegistered { .. } | OrchestratorEvent::AgentDeregistered { .. }
+        ) {
+            *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 

@@ -23,19 +23,23 @@ use async_trait::async_trait;
 use plugin_api::PluginError;
 use serde::Serialize;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// What the engine is given besides the task text.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ThinkingContext {
-    /// Every capability the registered agents declare.
-    pub agent_capabilities: BTreeSet<String>,
+    /// Every capability the registered agents declare (shared: the plugin keeps one copy per
+    /// fleet, not one per task).
+    pub agent_capabilities: Arc<BTreeSet<String>>,
 }
 
 impl ThinkingContext {
     /// A context with these agent capabilities.
-    pub fn new(agent_capabilities: BTreeSet<String>) -> Self {
-        Self { agent_capabilities }
+    pub fn new(agent_capabilities: impl Into<Arc<BTreeSet<String>>>) -> Self {
+        Self {
+            agent_capabilities: agent_capabilities.into(),
+        }
     }
 }
 
