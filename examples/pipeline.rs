@@ -132,7 +132,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orchestrator = Orchestrator::builder()
         .with_default_plugins()
         .executor(CiExecutor)
-        .pipeline(PipelineOptions::default().retry_backoff(Duration::from_millis(5)))
+        .pipeline(
+            PipelineOptions::default()
+                .retry_backoff(Duration::from_millis(5))
+                .task_events(true),
+        )
         .build()
         .await?;
     let mut events = orchestrator.subscribe_events();

@@ -505,7 +505,7 @@ impl Orchestrator {
     /// among those that can take it (waiting, by priority, while all are at capacity), the
     /// assignment, the executor (retried with backoff on retryable failures, on another agent
     /// when one keeps failing), its quality gates, and the records (learning, mapping, workflow,
-    /// audit, the `task_completed` event). The report traces every step: the plugin that served
+    /// audit, and a `task_completed` event when asked). The report traces every step: the plugin that served
     /// it, how long it took and what it came to. See the `pipeline` module for the order of the
     /// steps and the options ([`PipelineOptions`](crate::PipelineOptions)).
     ///

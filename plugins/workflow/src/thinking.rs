@@ -383,7 +383,12 @@ mod tests {
 
     #[test]
     fn required_capabilities_come_from_the_fleet() {
-        let ctx = ThinkingContext::new(["code_review", "deployment", "testing", "gpu"].map(String::from).into());
+        let ctx = ThinkingContext::new(
+            ["code_review", "deployment", "testing", "gpu"]
+                .map(String::from)
+                .into_iter()
+                .collect::<BTreeSet<String>>(),
+        );
         let a = analyse_text("Review the code and deploy the release; maybe add tests", &ctx);
         assert_eq!(a.required_capabilities, ["code_review", "testing", "deployment"]);
         assert!(
