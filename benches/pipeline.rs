@@ -121,6 +121,10 @@ fn step_breakdown() {
             let report = orchestrator.submit_task(task(n)).await.expect("runs");
             totals.push(report.duration_us);
             for step in &report.steps {
+                assert!(
+                    step.outcome != orchestrator::StepOutcome::Failed,
+                    "a step failed in the bench: {step:?}"
+                );
                 let name = serde_json::to_value(step.step).expect("serializes");
                 per_step
                     .entry(name.as_str().unwrap_or("?").to_owned())

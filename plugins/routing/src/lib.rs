@@ -421,12 +421,14 @@ impl ContextAwareRoutingPlugin {
             .iter()
             .map(|c| json!({"agent_id": &*c.agent.id, "score": c.score, "similarity": c.sim, "learned": c.learned, "free": c.free}))
             .collect();
-        Ok(IntegrationResponse::ok(json!({
+        // The ranking moves into the answer (`json!` would copy it value by value).
+        let mut answer = json!({
             "selected_agent": &*candidates[0].agent.id,
             "score": candidates[0].score,
             "topic": topic,
-            "ranking": top,
-        })))
+        });
+        answer["ranking"] = Value::Array(top);
+        Ok(IntegrationResponse::ok(answer))
     }
 
     fn learn(&self, data: &Value) -> Result<Value, PluginError> {

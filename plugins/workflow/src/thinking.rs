@@ -188,10 +188,12 @@ const AMBIGUITY: [&str; 6] = ["maybe", "somehow", "etc", "something", "probably"
 const CONDITIONALS: [&str; 4] = ["if", "unless", "when", "otherwise"];
 const SEQUENCERS: [&str; 4] = ["then", "next", "finally", "afterwards"];
 
-fn tokenize(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric() && c != '_')
+/// The words of an already lower-cased text (one allocation for the whole text, not one per
+/// word: this runs for every task).
+fn tokenize(lower: &str) -> Vec<&str> {
+    lower
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
         .collect()
 }
 
@@ -269,8 +271,9 @@ impl ThinkingEngine for HeuristicThinkingEngine {
 
 /// The heuristic analysis itself, synchronous.
 pub fn analyse_text(task: &str, context: &ThinkingContext) -> Analysis {
-    let words = tokenize(task);
-    let vocabulary: BTreeSet<&str> = words.iter().map(String::as_str).collect();
+    let lower = task.to_lowercase();
+    let words = tokenize(&lower);
+    let vocabulary: BTreeSet<&str> = words.iter().copied().collect();
     let plan = split_plan(task);
     let domains: Vec<String> = DOMAINS
         .iter()
@@ -279,7 +282,7 @@ pub fn analyse_text(task: &str, context: &ThinkingContext) -> Analysis {
         .collect();
     let risks: Vec<&str> = RISKS.iter().copied().filter(|r| vocabulary.contains(r)).collect();
     let vague: Vec<&str> = AMBIGUITY.iter().copied().filter(|a| vocabulary.contains(a)).collect();
-    let conditionals = words.iter().filter(|w| CONDITIONALS.contains(&w.as_str())).count();
+    let conditionals = words.iter().filter(|w| CONDITIONALS.contains(w)).count();
 
     let named = |cap: &str| {
         vocabulary.contains(cap) || (cap.contains('_') && cap.split('_').all(|part| vocabulary.contains(part)))
