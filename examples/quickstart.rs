@@ -1,6 +1,10 @@
-//! Quickstart: build an orchestrator on the embedded defaults (the plugins this crate ships, plus
-//! a small plugin of our own), register a few agents, call capabilities, route a task and run it
-//! on the chosen agent, see what the monitoring plugins recorded, and print the catalog.
+//! Quickstart: build an orchestrator on the embedded defaults (the nine plugins this crate ships,
+//! plus a small plugin of our own), register a few agents, call capabilities, route a task and
+//! run it on the chosen agent, submit a task through the pipeline and print its per-step trace,
+//! see what the monitoring plugins recorded, and print the catalog.
+//!
+//! The executor is the default dry run, and no task carries a token, so nothing is audited and
+//! nothing is written to disk.
 //!
 //! Run it with `cargo run --example quickstart`.
 
@@ -61,8 +65,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let deployer = orchestrator
         .register_agent(AgentConfig::new("deployer").with_capabilities(["deploy"]))
         .await?;
+    for (id, capabilities) in [("dba", ["database", "migrations"]), ("data-eng", ["database", "etl"])] {
+        orchestrator
+            .register_agent(
+                AgentConfig::new(id)
+                    .with_id(id)
+                    .with_capabilities(capabilities)
+                    .with_capacity(2),
+            )
+            .await?;
+    }
     println!(
-        "registered {} agents: {reviewer}, {deployer}",
+        "registered {} agents: {reviewer}, {deployer}, dba, data-eng",
         orchestrator.agent_count()
     );
 
@@ -114,6 +128,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("/agents: {}", help.data["result"]["agents"]);
 
+    // The whole way in one call: the task pipeline. Each plugin present takes its step (analysis,
+    // routing, balancing, assignment, execution, records) under one correlation id, and the
+    // report traces every step: who served it, how long it took, what it came to.
+    let report = orchestrator
+        .submit_task(
+            Task::new("migrate the orders table")
+                .with_kind("migration")
+                .with_required_capabilities(["database"]),
+        )
+        .await?;
+    println!(
+        "task {}: {} on {} after {} attempt(s), {} us",
+        report.task_id,
+        snake_case(report.status),
+        report.agent.as_ref().map_or("-", AgentId::as_str),
+        report.attempts,
+        report.duration_us
+    );
+    for step in &report.steps {
+        let plugin = if step.plugin.is_empty() {
+            "-"
+        } else {
+            step.plugin.as_str()
+        };
+        let detail = step.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+        println!(
+            "  {:<12} {:<48} {:>6} us  {}{detail}",
+            snake_case(step.step),
+            plugin,
+            step.duration_us,
+            snake_case(step.outcome)
+        );
+    }
+
+    // A task no agent can take is refused before it runs: an error, not a report.
+    let refused = orchestrator
+        .submit_task(Task::new("translate the docs").with_required_capabilities(["french"]))
+        .await;
+    println!("refused: {}", refused.expect_err("no agent speaks french"));
+
     // The monitoring pair watched all of it: dispatches per capability, with latency.
     let monitoring = orchestrator
         .execute(IntegrationRequest::new("real_time_monitoring", json!({})))
@@ -137,4 +191,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("catalog:\n{}", serde_json::to_string_pretty(&orchestrator.catalog())?);
     Ok(())
+}
+
+/// The snake_case name a pipeline enum serializes to (`quality_gate`, `succeeded`, `done`).
+fn snake_case(value: impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => format!("{other:?}"),
+    }
 }

@@ -1,29 +1,33 @@
 //! Embed a capability-plugin host and agent orchestrator in your Rust application: the facade
 //! crate that applications depend on.
 //!
-//! An application builds an [`Orchestrator`], registers agents and plugins, and calls
-//! capabilities. Each capability is served by a plugin found through one capability registry;
-//! when a plugin is missing, disabled, failing or too slow, the call moves on to the next
-//! provider and finally to a built-in legacy path, so the orchestrator keeps working.
+//! An application builds an [`Orchestrator`], registers agents and plugins, and submits tasks
+//! (the task pipeline, [`Orchestrator::submit_task`]) or calls capabilities. Each capability is
+//! served by a plugin found through one capability registry; when a plugin is missing,
+//! disabled, failing or too slow, the call moves on to the next provider and finally to a
+//! built-in legacy path, so the orchestrator keeps working.
 //!
 //! ```
 //! use orchestrator::prelude::*;
-//! use serde_json::json;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), OrchestratorError> {
-//! let orchestrator = Orchestrator::builder().build().await?;
-//! let reviewer = orchestrator
-//!     .register_agent(AgentConfig::new("reviewer").with_capabilities(["code_review"]))
-//!     .await?;
+//! // The nine plugins this crate ships, linked statically. The executor is the default dry run.
+//! let orchestrator = Orchestrator::builder().with_default_plugins().build().await?;
+//! for (id, capabilities) in [("dba", ["database", "migrations"]), ("data-eng", ["database", "etl"]), ("reviewer", ["code_review", "rust"])] {
+//!     let agent = AgentConfig::new(id).with_id(id).with_capabilities(capabilities).with_capacity(2);
+//!     orchestrator.register_agent(agent).await?;
+//! }
 //!
-//! let task = Task::new("review the parser change").with_required_capabilities(["code_review"]);
-//! assert_eq!(orchestrator.select_agent_for_task(&task, &[]).await?, reviewer);
-//!
-//! let response = orchestrator
-//!     .execute(IntegrationRequest::new("extended_thinking", json!({"task_description": task.description})))
-//!     .await?;
-//! assert!(response.success && response.fallback); // no workflow plugin here: the legacy path answered
+//! let task = Task::new("migrate the orders table").with_required_capabilities(["database"]);
+//! let report: TaskReport = orchestrator.submit_task(task).await?;
+//! println!("{:?} on {:?} after {} attempt(s)", report.status, report.agent, report.attempts);
+//! for step in &report.steps {
+//!     // e.g. "Route ContextAwareRoutingPlugin 159 us Done"
+//!     println!("{:?} {} {} us {:?}", step.step, step.plugin, step.duration_us, step.outcome);
+//! }
+//! assert_eq!(report.status, TaskStatus::Succeeded);
+//! assert!(matches!(report.agent.as_ref().map(AgentId::as_str), Some("dba" | "data-eng")));
 //! # Ok(())
 //! # }
 //! ```
