@@ -18,8 +18,11 @@ use std::path::PathBuf;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/debug")
+        // Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/` here.
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+            .join("debug")
             .join(format!(
                 "{}third_party_plugin{}",
                 std::env::consts::DLL_PREFIX,
