@@ -36,12 +36,12 @@
 
 pub use orchestrator_core::{
     Agent, AgentConfig, AgentError, AgentExecutor, AgentId, AgentStatus, AuditPolicy, C_ABI_VERSION, CapabilityInfo,
-    Catalog, Clock, ConfigError, DEFAULT_CALL_TIMEOUT, DEFAULT_EVENT_QUEUE_CAPACITY, DispatchError, DryRunExecutor,
-    ExecutionContext, ExecutorError, FailedAttempt, LEGACY, LIBRARY_EXTENSION, LoadError, LoadOutcome, LoadReport,
-    LoadReportEntry, LoadedPlugin, ManualClock, OpenedPlugin, Orchestrator, OrchestratorBuilder, OrchestratorError,
-    PipelineOptions, PipelineStep, PluginAbi, PluginInfo, PluginInspection, PluginOptions, PluginOrigin,
-    ProviderFailure, RegistryError, StepOutcome, StepTrace, SystemClock, Task, TaskError, TaskReport, TaskStatus,
-    inspect_plugin, open_plugin,
+    Catalog, CircuitInfo, CircuitState, Clock, ConfigError, DEFAULT_CALL_TIMEOUT, DEFAULT_EVENT_QUEUE_CAPACITY,
+    DispatchError, DryRunExecutor, ExecutionContext, ExecutorError, FailedAttempt, LEGACY, LIBRARY_EXTENSION,
+    LoadError, LoadOutcome, LoadReport, LoadReportEntry, LoadedPlugin, ManualClock, OpenedPlugin, Orchestrator,
+    OrchestratorBuilder, OrchestratorError, PipelineOptions, PipelineStep, PluginAbi, PluginInfo, PluginInspection,
+    PluginOptions, PluginOrigin, ProviderFailure, QuarantinePolicy, RegistryError, StepOutcome, StepTrace, SystemClock,
+    Task, TaskError, TaskReport, TaskStatus, inspect_plugin, open_plugin,
 };
 pub use plugin_api;
 pub use plugin_api::{

@@ -2,6 +2,7 @@
 //! configuration, timeouts, the executor, the clock), checked and put together by `build`.
 
 use crate::agents::AgentRegistry;
+use crate::circuit::QuarantinePolicy;
 use crate::clock::{Clock, SystemClock};
 use crate::config::read_toml_file;
 use crate::error::{ConfigError, LoadError, OrchestratorError};
@@ -57,6 +58,7 @@ pub struct OrchestratorBuilder {
     clock: Arc<dyn Clock>,
     event_queue_capacity: Option<usize>,
     pipeline: Option<PipelineOptions>,
+    quarantine: Option<QuarantinePolicy>,
 }
 
 impl Default for OrchestratorBuilder {
@@ -72,6 +74,7 @@ impl Default for OrchestratorBuilder {
             clock: Arc::new(SystemClock::new()),
             event_queue_capacity: None,
             pipeline: None,
+            quarantine: None,
         }
     }
 }
@@ -179,6 +182,14 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// When a plugin that keeps failing is quarantined, and for how long (see
+    /// [`QuarantinePolicy`]; by default after 5 failures in a row, for 1 s doubling to 60 s).
+    /// Replaces the `[orchestrator.quarantine]` table of a configuration file.
+    pub fn quarantine(mut self, policy: QuarantinePolicy) -> Self {
+        self.quarantine = Some(policy);
+        self
+    }
+
     /// Sets the executor that runs agents' tasks (default: [`DryRunExecutor`]).
     pub fn executor(mut self, executor: impl AgentExecutor) -> Self {
         self.executor = Arc::new(executor);
@@ -207,6 +218,10 @@ impl OrchestratorBuilder {
             .event_queue_capacity
             .or(host.event_queue_capacity.map(|n| n.max(1)))
             .unwrap_or(crate::events::DEFAULT_EVENT_QUEUE_CAPACITY);
+        let quarantine = match self.quarantine {
+            Some(policy) => policy,
+            None => host.quarantine.unwrap_or_default().apply(QuarantinePolicy::default()),
+        };
         let pipeline = match self.pipeline {
             Some(options) => options,
             None => host.pipeline.unwrap_or_default().apply(PipelineOptions::default()),
@@ -264,6 +279,7 @@ impl OrchestratorBuilder {
             configs: Mutex::new(configs),
             host: Arc::new(CoreHost { inner: weak.clone() }),
             pipeline,
+            quarantine,
             waiting: WaitQueue::default(),
             pipeline_tasks: dashmap::DashMap::new(),
         });
@@ -288,6 +304,31 @@ struct HostTable {
     call_timeout_ms: Option<u64>,
     event_queue_capacity: Option<usize>,
     pipeline: Option<PipelineTable>,
+    quarantine: Option<QuarantineTable>,
+}
+
+/// The `[orchestrator.quarantine]` table.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineTable {
+    failures: Option<u32>,
+    backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+impl QuarantineTable {
+    fn apply(self, mut policy: QuarantinePolicy) -> QuarantinePolicy {
+        if let Some(n) = self.failures {
+            policy = policy.failures(n);
+        }
+        if let Some(ms) = self.backoff_ms {
+            policy = policy.backoff(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.max_backoff_ms {
+            policy = policy.max_backoff(Duration::from_millis(ms));
+        }
+        policy
+    }
 }
 
 impl HostTable {

@@ -21,6 +21,7 @@
 //! (the capability) and `gen_ai.agent.id` (when the request names an agent), beside the
 //! `correlation_id`.
 
+use crate::circuit::{Admission, Breaker, Transition};
 use crate::error::{DispatchError, FailedAttempt, OrchestratorError, ProviderFailure};
 use crate::feeds;
 use crate::guard::guarded;
@@ -31,6 +32,7 @@ use crate::registry::{Feeds, Route};
 use plugin_api::{
     IntegrationRequest, IntegrationResponse, Operation, OperationKind, OperationOutcome, OrchestratorEvent,
 };
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tracing::Instrument;
@@ -257,8 +259,49 @@ async fn dispatch(
                 });
                 continue;
             };
+            // A quarantined plugin is skipped like a retired one, and the call moves on.
+            let probe = match slot.breaker.admit(|| inner.clock.monotonic_ns()) {
+                Admission::Call => None,
+                Admission::Probe => Some(ProbeGuard(&slot.breaker)),
+                Admission::Skip { retry_in_ns } => {
+                    if is_last_option {
+                        pending = Some(request);
+                    }
+                    attempts.push(FailedAttempt {
+                        plugin: slot.name.to_string(),
+                        failure: ProviderFailure::Quarantined {
+                            retry_in_ms: retry_in_ns.div_ceil(1_000_000),
+                        },
+                    });
+                    continue;
+                }
+            };
             slot.stats.calls.fetch_add(1, Ordering::Relaxed);
             let outcome = guarded(inner.call_timeout, || slot.plugin.process_request(request)).await;
+            let answered = matches!(&outcome, Ok(Ok(_))) || matches!(&outcome, Ok(Err(e)) if e.is_invalid_request());
+            let probing = probe.is_some();
+            if let Some(probe) = probe {
+                std::mem::forget(probe); // the verdict below ends the probe
+            }
+            if answered {
+                if slot.breaker.succeeded(probing) == Transition::Closed {
+                    circuit_changed(inner, "plugin_recovered", json!({"plugin": &*slot.name}));
+                }
+            } else if let Transition::Opened { failures, backoff } =
+                slot.breaker
+                    .failed(probing, inner.clock.monotonic_ns(), &inner.quarantine)
+            {
+                tracing::warn!(plugin = %slot.name, failures, ?backoff, "plugin quarantined");
+                circuit_changed(
+                    inner,
+                    "plugin_quarantined",
+                    json!({
+                        "plugin": &*slot.name,
+                        "consecutive_failures": failures,
+                        "backoff_ms": u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                    }),
+                );
+            }
             let failure = match outcome {
                 Ok(Ok(mut response)) => {
                     response.served_by = slot.name.to_string();
@@ -338,6 +381,25 @@ async fn dispatch(
         }
         .into()),
     }
+}
+
+/// A half-open circuit's probe in flight: if the call is dropped before its verdict (the
+/// caller stopped waiting), another call may probe.
+struct ProbeGuard<'a>(&'a Breaker);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.probe_abandoned();
+    }
+}
+
+/// Announces a quarantine or a recovery.
+fn circuit_changed(inner: &Inner, name: &str, data: Value) {
+    inner.events.emit(OrchestratorEvent::Custom {
+        source: "orchestrator".into(),
+        name: name.into(),
+        data,
+    });
 }
 
 fn serve_legacy(inner: &Inner, request: &IntegrationRequest, correlation_id: String) -> IntegrationResponse {

@@ -328,6 +328,11 @@ pub enum ProviderFailure {
         /// The timeout, in milliseconds.
         after_ms: u64,
     },
+    /// It was not called: it failed too often and is quarantined (see `QuarantinePolicy`).
+    Quarantined {
+        /// How long until it is tried again, in milliseconds (0: a probe is under way).
+        retry_in_ms: u64,
+    },
 }
 
 impl ProviderFailure {
@@ -344,6 +349,10 @@ impl fmt::Display for ProviderFailure {
             ProviderFailure::Error { message } => write!(f, "error: {message}"),
             ProviderFailure::Panic { message } => write!(f, "panicked: {message}"),
             ProviderFailure::Timeout { after_ms } => write!(f, "timed out after {after_ms} ms"),
+            ProviderFailure::Quarantined { retry_in_ms } => write!(
+                f,
+                "quarantined after repeated failures, not called (tried again in {retry_in_ms} ms)"
+            ),
         }
     }
 }

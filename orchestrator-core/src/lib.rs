@@ -11,6 +11,7 @@ mod agent_tasks;
 mod agents;
 mod builder;
 mod c_abi;
+mod circuit;
 mod clock;
 mod config;
 mod dispatch;
@@ -32,6 +33,7 @@ mod task;
 pub use agents::{Agent, AgentConfig};
 pub use builder::OrchestratorBuilder;
 pub use c_abi::C_ABI_VERSION;
+pub use circuit::{CircuitInfo, CircuitState, QuarantinePolicy};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::LEGACY;
 pub use error::{

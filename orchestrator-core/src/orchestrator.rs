@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) host: Arc<CoreHost>,
     /// How the task pipeline waits, retries and balances.
     pub(crate) pipeline: crate::pipeline::PipelineOptions,
+    /// When a failing plugin is quarantined.
+    pub(crate) quarantine: crate::circuit::QuarantinePolicy,
     /// Tasks waiting for a free agent.
     pub(crate) waiting: crate::pipeline::WaitQueue,
     /// Ids of the tasks in the pipeline now (a task runs once).
@@ -346,7 +348,12 @@ impl Orchestrator {
             .snapshot()
             .plugins
             .values()
-            .map(|s| s.info(self.inner.registry.interests_of(&s.name)))
+            .map(|s| {
+                s.info(
+                    self.inner.registry.interests_of(&s.name),
+                    self.inner.clock.monotonic_ns(),
+                )
+            })
             .collect()
     }
 
@@ -391,6 +398,7 @@ impl Orchestrator {
                 // A plugin retired since the snapshot is not asked.
                 let Some(_in_flight) = slot.enter() else { continue };
                 let health = with_event_losses(slot, check_health(&slot.plugin, inner.call_timeout).await);
+                let health = crate::plugins::with_quarantine(slot, inner.clock.monotonic_ns(), health);
                 slot.set_health(health.clone());
                 report.insert(slot.name.to_string(), health);
             }
@@ -425,7 +433,12 @@ impl Orchestrator {
             plugins: snapshot
                 .plugins
                 .values()
-                .map(|s| s.info(self.inner.registry.interests_of(&s.name)))
+                .map(|s| {
+                    s.info(
+                        self.inner.registry.interests_of(&s.name),
+                        self.inner.clock.monotonic_ns(),
+                    )
+                })
                 .collect(),
             capabilities,
             legacy_mode,

@@ -75,6 +75,20 @@ pub(crate) fn with_event_losses(slot: &PluginSlot, health: HealthStatus) -> Heal
     }
 }
 
+/// A quarantined plugin is unhealthy, whatever it says of itself.
+pub(crate) fn with_quarantine(slot: &PluginSlot, now_ns: u64, health: HealthStatus) -> HealthStatus {
+    let circuit = slot.breaker.info(now_ns);
+    match circuit.state {
+        crate::CircuitState::Closed => health,
+        _ => HealthStatus::unhealthy(format!(
+            "quarantined after {} consecutive failures (quarantined {} time(s) so far); probed again in {} ms",
+            circuit.consecutive_failures,
+            circuit.times_opened,
+            circuit.retry_in_ms.unwrap_or(0)
+        )),
+    }
+}
+
 pub(crate) async fn check_health(plugin: &Arc<dyn OrchestrationPlugin>, timeout: Duration) -> HealthStatus {
     match guarded(timeout, || plugin.health_check()).await {
         Ok(health) => health,

@@ -111,6 +111,8 @@ pub(crate) struct PluginSlot {
     pub(crate) explicit_priority: bool,
     pub(crate) plugin: Arc<dyn OrchestrationPlugin>,
     pub(crate) stats: PluginStats,
+    /// Its quarantine circuit breaker.
+    pub(crate) breaker: crate::circuit::Breaker,
     pub(crate) health: Mutex<Option<HealthStatus>>,
     /// Its lifecycle-event queue (set when it is registered; see `events`).
     pub(crate) events: OnceLock<crate::events::PluginQueue>,
@@ -136,6 +138,7 @@ impl PluginSlot {
             explicit_priority: options.priority.is_some(),
             plugin,
             stats: PluginStats::default(),
+            breaker: crate::circuit::Breaker::default(),
             health: Mutex::new(None),
             events: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
@@ -188,7 +191,7 @@ impl PluginSlot {
         *lock(&self.health) = Some(health);
     }
 
-    pub(crate) fn info(&self, interests: Interests) -> PluginInfo {
+    pub(crate) fn info(&self, interests: Interests, now_ns: u64) -> PluginInfo {
         PluginInfo {
             name: self.name.to_string(),
             version: self.version.clone(),
@@ -204,6 +207,7 @@ impl PluginSlot {
             events_delivered: self.stats.events_delivered.load(Ordering::Relaxed),
             events_dropped: self.stats.events_dropped.load(Ordering::Relaxed),
             interests,
+            circuit: self.breaker.info(now_ns),
         }
     }
 }
@@ -519,6 +523,9 @@ pub struct PluginInfo {
     /// events arrive); see the event delivery notes on
     /// [`OrchestratorBuilder::event_queue_capacity`](crate::OrchestratorBuilder::event_queue_capacity).
     pub events_dropped: u64,
+    /// Its quarantine circuit breaker: closed (called normally), open (quarantined after
+    /// repeated failures) or half-open (about to be probed).
+    pub circuit: crate::CircuitInfo,
 }
 
 /// What the catalog says about one capability.
