@@ -4,20 +4,25 @@
 mod common;
 
 use orchestrator::prelude::*;
-use orchestrator::{LoadError, PluginAbi, PluginOrigin, inspect_plugin};
+use orchestrator::{CircuitState, LoadError, PluginAbi, PluginOrigin, QuarantinePolicy, inspect_plugin};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Compiles `examples/c-plugin/plugin.c` into `dir` with extra `defines`.
 fn compile_c_plugin(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
+    compile_c_source(dir, file, "examples/c-plugin/plugin.c", defines)
+}
+
+/// Compiles a C source of this repository into a shared library in `dir`.
+fn compile_c_source(dir: &Path, file: &str, source: &str, defines: &[&str]) -> PathBuf {
     std::fs::create_dir_all(dir).expect("temp dir");
     let out = dir.join(file);
     let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&compiler)
         .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
         .arg(&out)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/c-plugin/plugin.c"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(source))
         .args(defines)
         .status()
         .unwrap_or_else(|e| panic!("cannot run the C compiler `{compiler}`: {e}"));
@@ -133,5 +138,122 @@ async fn a_c_plugin_for_another_abi_version_is_refused() {
         "{err}"
     );
     assert!(orch.plugins().is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The process's thread count and resident memory (Linux), to check they stay bounded.
+fn threads_and_rss_kb() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("Threads:")?, field("VmRSS:")?))
+}
+
+/// Fault injection through the C ABI: garbage, NULL, an enormous answer and calls that outlast
+/// the timeout, 1,000 calls in all. Each ends in a clear error (or its answer) within the call
+/// timeout, the host keeps serving, and threads and memory stay bounded. Then a plugin that
+/// fails every call is quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_c_plugin_is_contained_call_after_call() {
+    let dir = temp_dir("faults");
+    let path = compile_c_source(&dir, "libc_fault_plugin.so", "tests/fixtures/c-faults/plugin.c", &[]);
+    let timeout = std::time::Duration::from_millis(100);
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .call_timeout(timeout)
+        .quarantine(QuarantinePolicy::disabled())
+        .build()
+        .await
+        .expect("builds");
+    orch.load_plugin(&path).await.expect("loads");
+    let call = |mode: &str| orch.execute(IntegrationRequest::new("c_fault", json!({ "mode": mode })));
+    assert!(call("ok").await.expect("served").success);
+    let before = threads_and_rss_kb();
+
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..1_000 {
+        let mode = match i % 50 {
+            0 => "huge",
+            n if n % 10 == 5 => "slow",
+            n if n % 3 == 0 => "garbage",
+            n if n % 3 == 1 => "null",
+            _ => "ok",
+        };
+        let started = std::time::Instant::now();
+        let outcome = call(mode).await;
+        slowest = slowest.max(started.elapsed());
+        match mode {
+            "ok" => assert!(outcome.expect("served").success),
+            "garbage" => assert!(
+                outcome
+                    .unwrap_err()
+                    .to_string()
+                    .contains("invalid IntegrationResponse JSON"),
+                "{mode}"
+            ),
+            "null" => assert!(outcome.unwrap_err().to_string().contains("returned NULL"), "{mode}"),
+            "huge" => assert!(
+                outcome.unwrap_err().to_string().contains("over the host's limit"),
+                "{mode}"
+            ),
+            _ => {
+                // Cut off at the timeout, or refused while 16 earlier slow calls still run.
+                let err = outcome.unwrap_err().to_string();
+                assert!(
+                    err.contains("timed out after 100 ms") || err.contains("still running"),
+                    "{err}"
+                );
+            }
+        }
+    }
+    // Every call ended within the timeout, give or take scheduling (a huge answer is built and
+    // measured by the plugin before it is refused).
+    assert!(slowest < std::time::Duration::from_secs(2), "slowest call: {slowest:?}");
+    assert!(call("ok").await.expect("still serving").success);
+    if let (Some((threads_before, rss_before)), Some((threads_after, rss_after))) = (before, threads_and_rss_kb()) {
+        // At most 16 abandoned calls run on at once, each on one blocking thread.
+        assert!(
+            threads_after <= threads_before + 16 + 4,
+            "threads {threads_before} -> {threads_after}"
+        );
+        assert!(
+            rss_after < rss_before + 200 * 1024,
+            "resident memory {rss_before} kB -> {rss_after} kB"
+        );
+    }
+    let info = orch
+        .plugins()
+        .into_iter()
+        .find(|p| p.name == "CFaultPlugin")
+        .expect("listed");
+    assert!(info.errors >= 600 && info.timeouts >= 1, "{info:?}");
+
+    // With quarantine on, a plugin failing every call is skipped after five failures.
+    let orch = Orchestrator::builder()
+        .legacy_mode(false)
+        .call_timeout(timeout)
+        .quarantine(QuarantinePolicy::default().failures(5))
+        .build()
+        .await
+        .expect("builds");
+    orch.load_plugin(&path).await.expect("loads");
+    for _ in 0..8 {
+        let _ = orch
+            .execute(IntegrationRequest::new("c_fault", json!({"mode": "null"})))
+            .await;
+    }
+    let info = orch
+        .plugins()
+        .into_iter()
+        .find(|p| p.name == "CFaultPlugin")
+        .expect("listed");
+    assert_eq!(info.circuit.state, CircuitState::Open);
+    assert_eq!(info.calls, 5, "quarantined after five failures");
+    assert!(!orch.health().await["CFaultPlugin"].is_healthy());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -48,6 +48,10 @@ type FreeFn = unsafe extern "C-unwind" fn(*mut c_char);
 /// exhausting the pool that the rest of the host needs too.
 const MAX_BLOCKING_CALLS: usize = 16;
 
+/// The largest answer read from a C plugin (16 MiB): a bigger one is refused unread, so that a
+/// plugin gone wrong cannot make the host copy and parse without bound.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
 /// The plugin's two call entry points. Plain function pointers into a library that is never
 /// unloaded, so they stay valid for the life of the process.
 #[derive(Clone, Copy)]
@@ -161,11 +165,17 @@ impl Entry {
         }
         // SAFETY: non-null, and per the ABI a NUL-terminated string the plugin allocated and
         // that stays valid until handed back to `orch_plugin_free`, which happens right after
-        // the copy.
-        let text = unsafe { CStr::from_ptr(response) }.to_string_lossy().into_owned();
+        // the copy (or the refusal).
+        let answer = unsafe { CStr::from_ptr(response) };
+        let len = answer.to_bytes().len();
+        let text = (len <= MAX_RESPONSE_BYTES).then(|| answer.to_string_lossy().into_owned());
         // SAFETY: the pointer came from `orch_plugin_process` and is freed exactly once.
         unsafe { (self.free)(response) };
-        Ok(text)
+        text.ok_or_else(|| {
+            PluginError::new(format!(
+                "the C plugin answered with {len} bytes, over the host's limit of {MAX_RESPONSE_BYTES}; not read"
+            ))
+        })
     }
 }
 
