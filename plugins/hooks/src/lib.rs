@@ -133,8 +133,10 @@
 //!   ([`HookRegistry::remove`]), which can remove any hook.
 //!
 //! **`observability`**: the host emits `tracing` spans itself (`execute_tool` per dispatch,
-//! `invoke_agent` per agent task); this capability keeps the last `span_buffer` operations as
-//! span records, to read without a tracing backend.
+//! `invoke_agent` per agent task); this capability keeps the last `span_buffer` operations or
+//! so as span records, to read without a tracing backend. (They are kept in 2 to 4 shards of
+//! `span_buffer / shards` each, so that threads recording at once rarely wait for each other; a
+//! thread much busier than the others keeps a little fewer of its own.)
 //! - `{"op": "recent", "correlation_id"?, "limit"? (default 100, at most span_buffer)}` ->
 //!   `{"spans": [{"name": "execute_tool" | "invoke_agent" | "register_agent", "correlation_id",
 //!   "fields": {"gen_ai.operation.name", "gen_ai.tool.name"? (the capability),

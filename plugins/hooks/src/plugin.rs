@@ -294,16 +294,8 @@ impl HookIntegrationPlugin {
                 fields::only(data, &["op", "correlation_id", "limit"], "op `recent`", EXPECTED)?;
                 let correlation_id = fields::opt_string(data, "correlation_id", EXPECTED)?;
                 let limit = opt_limit(data, EXPECTED)?.unwrap_or(DEFAULT_LIMIT);
-                let spans: Vec<SpanRecord> = {
-                    let buffer = lock(&self.shared.spans);
-                    let limit = limit.min(buffer.capacity());
-                    buffer
-                        .newest_first()
-                        .filter(|s| s.matches(correlation_id))
-                        .take(limit)
-                        .cloned()
-                        .collect()
-                };
+                let buffer = &self.shared.spans;
+                let spans = buffer.newest(limit.min(buffer.capacity()), |s| s.matches(correlation_id));
                 let spans: Vec<Value> = spans.iter().map(SpanRecord::to_json).collect();
                 Ok(json!({ "spans": spans }))
             }
@@ -435,7 +427,7 @@ impl OrchestrationPlugin for HookIntegrationPlugin {
             .validate()
             .map_err(|problem| PluginError::new(format!("{NAME} configuration: {problem}")))?;
         lock(&self.shared.history).set_capacity(config.history_size);
-        lock(&self.shared.spans).set_capacity(config.span_buffer);
+        self.shared.spans.set_capacity(config.span_buffer);
         *lock(&self.shared.slow) = SlowLog::new(config.slow_buffer, config.slow_events_per_s);
         self.shared
             .change_thresholds(|table| {
@@ -493,7 +485,7 @@ impl OrchestrationPlugin for HookIntegrationPlugin {
         let shared = &self.shared;
         let Some(rt) = shared.runtime.get() else { return };
         if let Some(name) = SpanRecord::name_of(operation.kind) {
-            lock(&shared.spans).push_reusing(|recycled| SpanRecord::fill(recycled, name, operation));
+            shared.spans.record(name, operation);
         }
         let slow = shared.thresholds.load().check(operation);
         if let Some(mut slow) = slow {

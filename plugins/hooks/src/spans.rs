@@ -2,8 +2,11 @@
 //! registration, built in `observe` (owned strings, no JSON) and turned into JSON only when
 //! asked for.
 
+use crate::ring::Ring;
 use plugin_api::{Operation, OperationKind, OperationOutcome};
 use serde_json::{Map, Value, json};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One operation, as a span.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +29,7 @@ impl SpanRecord {
     /// The span of `op`, for the kinds that have one.
     #[cfg(test)]
     pub(crate) fn of(op: &Operation<'_>) -> Option<Self> {
-        Self::name_of(op.kind).map(|name| Self::fill(None, name, op))
+        Self::name_of(op.kind).map(|name| Self::new(name, op))
     }
 
     /// The span name of an operation kind, `None` for kinds that make no span.
@@ -39,26 +42,27 @@ impl SpanRecord {
         }
     }
 
-    /// The record of `op` (whose kind makes the span `name`), written into `recycled`'s
-    /// buffers when given one: no allocation once the strings have grown to size.
-    pub(crate) fn fill(recycled: Option<Self>, name: &'static str, op: &Operation<'_>) -> Self {
+    /// The record of `op`, whose kind makes the span `name`.
+    pub(crate) fn new(name: &'static str, op: &Operation<'_>) -> Self {
         let own = |s: &Option<std::borrow::Cow<'_, str>>| s.as_deref().map(str::to_owned);
-        let Some(mut record) = recycled else {
-            return Self {
-                name,
-                correlation_id: op.correlation_id.to_string(),
-                capability: own(&op.capability),
-                agent_id: own(&op.agent_id),
-                served_by: own(&op.plugin),
-                task_kind: own(&op.task_kind),
-                outcome: op.outcome,
-                fallback: op.fallback,
-                error: own(&op.error),
-                duration_us: op.duration_ns / 1_000,
-                at_ns: op.at_ns,
-            };
-        };
-        record.name = name;
+        Self {
+            name,
+            correlation_id: op.correlation_id.to_string(),
+            capability: own(&op.capability),
+            agent_id: own(&op.agent_id),
+            served_by: own(&op.plugin),
+            task_kind: own(&op.task_kind),
+            outcome: op.outcome,
+            fallback: op.fallback,
+            error: own(&op.error),
+            duration_us: op.duration_ns / 1_000,
+            at_ns: op.at_ns,
+        }
+    }
+
+    /// Rewrites this record, in place, as the record of `op`, reusing its buffers: no
+    /// allocation once they have grown to size.
+    pub(crate) fn refill(&mut self, name: &'static str, op: &Operation<'_>) {
         fn refill(slot: &mut Option<String>, value: Option<&str>) {
             match (slot.as_mut(), value) {
                 (Some(buffer), Some(value)) => {
@@ -69,18 +73,18 @@ impl SpanRecord {
                 (_, None) => *slot = None,
             }
         }
-        record.correlation_id.clear();
-        record.correlation_id.push_str(&op.correlation_id);
-        refill(&mut record.capability, op.capability.as_deref());
-        refill(&mut record.agent_id, op.agent_id.as_deref());
-        refill(&mut record.served_by, op.plugin.as_deref());
-        refill(&mut record.task_kind, op.task_kind.as_deref());
-        refill(&mut record.error, op.error.as_deref());
-        record.outcome = op.outcome;
-        record.fallback = op.fallback;
-        record.duration_us = op.duration_ns / 1_000;
-        record.at_ns = op.at_ns;
-        record
+        self.name = name;
+        self.correlation_id.clear();
+        self.correlation_id.push_str(&op.correlation_id);
+        refill(&mut self.capability, op.capability.as_deref());
+        refill(&mut self.agent_id, op.agent_id.as_deref());
+        refill(&mut self.served_by, op.plugin.as_deref());
+        refill(&mut self.task_kind, op.task_kind.as_deref());
+        refill(&mut self.error, op.error.as_deref());
+        self.outcome = op.outcome;
+        self.fallback = op.fallback;
+        self.duration_us = op.duration_ns / 1_000;
+        self.at_ns = op.at_ns;
     }
 
     /// Whether it belongs to `correlation_id` (any, when `None`).
@@ -124,6 +128,71 @@ impl SpanRecord {
             "at_ns": self.at_ns,
         })
     }
+}
+
+/// The span records, in a few shards so that threads recording at the same moment rarely wait
+/// for each other (every dispatch records one): a thread records into the shard its thread index
+/// picks, and a reader merges the shards newest first. Each shard holds `span_buffer / shards`
+/// records (rounded up), so the buffer keeps the last `span_buffer` records or so: a little
+/// fewer from a thread busier than the others.
+pub(crate) struct SpanBuffer {
+    shards: Box<[Mutex<Ring<SpanRecord>>]>,
+}
+
+impl SpanBuffer {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let shards = std::thread::available_parallelism()
+            .map_or(2, usize::from)
+            .next_power_of_two()
+            .clamp(2, 4);
+        Self {
+            shards: (0..shards)
+                .map(|_| Mutex::new(Ring::new(capacity.div_ceil(shards))))
+                .collect(),
+        }
+    }
+
+    /// How many records it keeps at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).capacity()).sum()
+    }
+
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        let per_shard = capacity.div_ceil(self.shards.len());
+        for shard in self.shards.iter() {
+            lock(shard).set_capacity(per_shard);
+        }
+    }
+
+    /// Records `op` as the span `name`, in place of the shard's oldest record once it is full.
+    pub(crate) fn record(&self, name: &'static str, op: &Operation<'_>) {
+        let shard = &self.shards[thread_index() & (self.shards.len() - 1)];
+        lock(shard).push_with(|| SpanRecord::new(name, op), |slot| slot.refill(name, op));
+    }
+
+    /// The newest `limit` records that `keep` accepts, newest first.
+    pub(crate) fn newest(&self, limit: usize, keep: impl Fn(&SpanRecord) -> bool) -> Vec<SpanRecord> {
+        let mut found: Vec<SpanRecord> = Vec::new();
+        for shard in self.shards.iter() {
+            found.extend(lock(shard).newest_first().filter(|s| keep(s)).take(limit).cloned());
+        }
+        found.sort_by(|a, b| b.at_ns.cmp(&a.at_ns));
+        found.truncate(limit);
+        found
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A small number that stays the same for each thread.
+fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
 }
 
 #[cfg(test)]
@@ -198,11 +267,9 @@ mod tests {
             .with_task_kind("build")
             .with_outcome(OperationOutcome::Succeeded)
             .with_duration_ns(5_000);
-        let recycled = SpanRecord::of(&first);
+        let mut recycled = SpanRecord::of(&first).expect("a span");
         let name = SpanRecord::name_of(second.kind).expect("a span kind");
-        assert_eq!(
-            SpanRecord::fill(recycled, name, &second),
-            SpanRecord::of(&second).expect("a span")
-        );
+        recycled.refill(name, &second);
+        assert_eq!(recycled, SpanRecord::of(&second).expect("a span"));
     }
 }

@@ -9,7 +9,7 @@ use crate::hooks::{HookRun, HookTable};
 use crate::ids::{Callbacks, IdSource};
 use crate::perf::{SlowLog, Thresholds};
 use crate::ring::Ring;
-use crate::spans::SpanRecord;
+use crate::spans::SpanBuffer;
 use arc_swap::ArcSwap;
 use plugin_api::{HostHandle, Interests, OperationKind, OperationSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -53,7 +53,7 @@ pub(crate) struct Shared {
     /// Held while the hooks change (and the host is told), so that changes do not overlap.
     pub(crate) hooks_writer: Mutex<()>,
     pub(crate) history: Mutex<Ring<HookRun>>,
-    pub(crate) spans: Mutex<Ring<SpanRecord>>,
+    pub(crate) spans: SpanBuffer,
     pub(crate) slow: Mutex<SlowLog>,
     /// The thresholds, read on every operation.
     pub(crate) thresholds: ArcSwap<Thresholds>,
@@ -76,7 +76,7 @@ impl Default for Shared {
             hooks: ArcSwap::from_pointee(HookTable::default()),
             hooks_writer: Mutex::new(()),
             history: Mutex::new(Ring::new(DEFAULT_HISTORY_SIZE)),
-            spans: Mutex::new(Ring::new(DEFAULT_SPAN_BUFFER)),
+            spans: SpanBuffer::new(DEFAULT_SPAN_BUFFER),
             slow: Mutex::new(SlowLog::new(DEFAULT_SLOW_BUFFER, DEFAULT_SLOW_EVENTS_PER_S)),
             thresholds: ArcSwap::from_pointee(Thresholds::default()),
             thresholds_writer: Mutex::new(()),
