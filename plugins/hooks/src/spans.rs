@@ -176,7 +176,7 @@ impl SpanBuffer {
         for shard in self.shards.iter() {
             found.extend(lock(shard).newest_first().filter(|s| keep(s)).take(limit).cloned());
         }
-        found.sort_by(|a, b| b.at_ns.cmp(&a.at_ns));
+        found.sort_by_key(|s| std::cmp::Reverse(s.at_ns));
         found.truncate(limit);
         found
     }
