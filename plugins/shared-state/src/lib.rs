@@ -68,6 +68,9 @@
 //! namespace = "orchestrator"         # every Redis key starts with it (default "orchestrator"; no `:`)
 //! op_timeout_ms = 1000               # bound on each Redis call (default 1000)
 //! max_value_bytes = 1048576          # largest value accepted, as JSON text (default 1 MiB)
+//! finished_tasks_kept = 100000       # memory: the last N done or failed task states are kept
+//! finished_task_ttl_s = 86400        # redis: a done or failed task state expires after this
+//!                                    # (default one day; 0 never expires)
 //!
 //! [SharedStatePlugin.queue]
 //! group = "orchestrator"             # consumer group (default "orchestrator")
@@ -96,9 +99,9 @@ mod queue;
 mod redis_store;
 mod store;
 
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_FINISHED_TASKS_KEPT, MemoryStore};
 pub use queue::{DeadTask, QueueOptions, QueueStats, QueuedTask, Taken, TaskQueue};
-pub use redis_store::{DEFAULT_OP_TIMEOUT, RedisStore};
+pub use redis_store::{DEFAULT_FINISHED_TASK_TTL, DEFAULT_OP_TIMEOUT, RedisStore};
 pub use store::{
     CasOutcome, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, StateStore, StoreError, TaskState, Versioned, WorkflowProgress,
     WorkflowUpdate,
@@ -139,6 +142,8 @@ struct SharedStateConfig {
     namespace: Option<String>,
     op_timeout_ms: Option<u64>,
     max_value_bytes: Option<usize>,
+    finished_tasks_kept: Option<usize>,
+    finished_task_ttl_s: Option<u64>,
     #[serde(default)]
     queue: QueueConfig,
 }
@@ -503,7 +508,13 @@ impl OrchestrationPlugin for SharedStatePlugin {
                 if config.url.is_some() {
                     return Err(configuration("`url` is only used with backend = \"redis\"".into()));
                 }
-                (Arc::new(MemoryStore::new()), None)
+                if config.finished_task_ttl_s.is_some() {
+                    return Err(configuration(
+                        "`finished_task_ttl_s` is only used with backend = \"redis\" (the memory backend keeps `finished_tasks_kept`)".into(),
+                    ));
+                }
+                let kept = config.finished_tasks_kept.unwrap_or(DEFAULT_FINISHED_TASKS_KEPT);
+                (Arc::new(MemoryStore::with_finished_tasks_kept(kept)), None)
             }
             (None, BackendKind::Redis) => {
                 let url = config
@@ -511,8 +522,19 @@ impl OrchestrationPlugin for SharedStatePlugin {
                     .as_deref()
                     .ok_or_else(|| configuration("backend = \"redis\" needs `url` (redis://host:port)".into()))?;
                 let namespace = config.namespace.as_deref().unwrap_or("orchestrator");
+                if config.finished_tasks_kept.is_some() {
+                    return Err(configuration(
+                        "`finished_tasks_kept` is only used with backend = \"memory\" (Redis expires finished tasks after `finished_task_ttl_s`)".into(),
+                    ));
+                }
+                let ttl = match config.finished_task_ttl_s {
+                    Some(0) => None,
+                    Some(s) => Some(Duration::from_secs(s)),
+                    None => Some(DEFAULT_FINISHED_TASK_TTL),
+                };
                 let redis = RedisStore::open_with_timeout(url, namespace, op_timeout)
-                    .map_err(|e| configuration(e.to_string()))?;
+                    .map_err(|e| configuration(e.to_string()))?
+                    .with_finished_task_ttl(ttl);
                 (Arc::new(redis.clone()), Some(redis))
             }
         };

@@ -5,18 +5,30 @@
 //! mutex each: a least-loaded pick reads several counters and bumps one, which must be one step,
 //! and these maps are small and touched briefly (no lock is held across an `.await`; there is
 //! none in this file).
+//!
+//! **Finished tasks are forgotten, oldest first.** A task's state stays while the task is
+//! pending, assigned or running; once it is `done` or `failed` it is kept among the last
+//! [`DEFAULT_FINISHED_TASKS_KEPT`] finished tasks (configurable), so that a process running
+//! tasks for months does not hold every task it ever ran. A forgotten task reads as absent
+//! (`pending`), so its id could run again: ids are meant to be unique, and the pipeline's are.
 
 use crate::store::{CasOutcome, StateStore, StoreError, TaskState, Versioned, WorkflowProgress, WorkflowUpdate};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
+/// How many finished (`done` or `failed`) task states the memory store keeps by default.
+pub const DEFAULT_FINISHED_TASKS_KEPT: usize = 100_000;
+
 /// Shared state held in this process's memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     values: DashMap<String, Versioned>,
+    /// Keys of finished tasks, oldest first, and how many to keep.
+    finished: Mutex<VecDeque<String>>,
+    finished_kept: usize,
     loads: Mutex<HashMap<String, u64>>,
     workflows: Mutex<HashMap<String, Vec<(String, TaskState)>>>,
 }
@@ -27,14 +39,46 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn is_finished(value: &Value) -> bool {
+    matches!(value.as_str(), Some("done" | "failed"))
+}
+
 fn task_key(task_id: &str) -> String {
     format!("task/{task_id}")
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_finished_tasks_kept(DEFAULT_FINISHED_TASKS_KEPT)
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that keeps the states of the last `kept` finished tasks (at least 1).
+    pub fn with_finished_tasks_kept(kept: usize) -> Self {
+        Self {
+            values: DashMap::new(),
+            finished: Mutex::new(VecDeque::new()),
+            finished_kept: kept.max(1),
+            loads: Mutex::default(),
+            workflows: Mutex::default(),
+        }
+    }
+
+    /// Remembers that `key`'s task finished, and forgets the oldest finished tasks beyond the
+    /// limit (unless they have been handed back and run again since).
+    fn finished(&self, key: String) {
+        let mut finished = lock(&self.finished);
+        finished.push_back(key);
+        while finished.len() > self.finished_kept {
+            let Some(old) = finished.pop_front() else { break };
+            self.values.remove_if(&old, |_, v| is_finished(&v.value));
+        }
     }
 
     fn conditional_set(
@@ -131,12 +175,15 @@ impl StateStore for MemoryStore {
 
     async fn transition(&self, task_id: &str, from: TaskState, to: TaskState) -> Result<CasOutcome, StoreError> {
         let from_value = Value::from(from.as_str());
-        Ok(
-            self.conditional_set(&task_key(task_id), &Value::from(to.as_str()), |current| match current {
-                None => from == TaskState::Pending,
-                Some(current) => current.value == from_value,
-            }),
-        )
+        let key = task_key(task_id);
+        let outcome = self.conditional_set(&key, &Value::from(to.as_str()), |current| match current {
+            None => from == TaskState::Pending,
+            Some(current) => current.value == from_value,
+        });
+        if outcome.applied && matches!(to, TaskState::Done | TaskState::Failed) {
+            self.finished(key);
+        }
+        Ok(outcome)
     }
 
     async fn acquire(&self, agent: &str) -> Result<u64, StoreError> {

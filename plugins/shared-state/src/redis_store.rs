@@ -66,17 +66,22 @@ return {1, 0, 'null'}
 
 static TRANSITION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
+        r#"
 local cur = redis.call('HMGET', KEYS[1], 'v', 'd')
 local v = tonumber(cur[1]) or 0
 local d = cur[2]
 if (not d and ARGV[3] == '1') or d == ARGV[1] then
   v = v + 1
   redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2])
+  if ARGV[4] ~= '0' and (ARGV[2] == '"done"' or ARGV[2] == '"failed"') then
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  else
+    redis.call('PERSIST', KEYS[1])
+  end
   return {1, v, ARGV[2]}
 end
 return {0, v, d or 'null'}
-",
+"#,
     )
 });
 
@@ -151,6 +156,8 @@ pub(crate) fn redact(url: &str) -> String {
 
 /// What the store's calls share: the runtime, the connection, the names.
 pub(crate) struct RedisShared {
+    /// How long a finished task's state is kept (milliseconds; 0: for ever).
+    pub(crate) finished_task_ttl_ms: u64,
     pub(crate) io: IoRuntime,
     pub(crate) connection: ConnectionManager,
     pub(crate) url: String,
@@ -253,7 +260,22 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// How long the Redis backend keeps a finished (`done` or `failed`) task's state by default:
+/// one day. A task handed back to `pending` is kept until it finishes again.
+pub const DEFAULT_FINISHED_TASK_TTL: Duration = Duration::from_secs(86_400);
+
 impl RedisStore {
+    /// Sets how long a finished task's state is kept (`None`: for ever). Must be called before
+    /// the store is shared (it is a builder step).
+    #[must_use]
+    pub fn with_finished_task_ttl(mut self, ttl: Option<Duration>) -> Self {
+        let ms = ttl.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.finished_task_ttl_ms = ms;
+        }
+        self
+    }
+
     /// A store on the Redis at `url` (`redis://host:port[/db]`), with every key under
     /// `namespace`. Connects on first use; a malformed URL is an error now.
     pub fn open(url: &str, namespace: &str) -> Result<Self, StoreError> {
@@ -290,6 +312,7 @@ impl RedisStore {
         };
         Ok(Self {
             shared: Arc::new(RedisShared {
+                finished_task_ttl_ms: u64::try_from(DEFAULT_FINISHED_TASK_TTL.as_millis()).unwrap_or(u64::MAX),
                 io,
                 connection,
                 url: shown,
@@ -396,6 +419,7 @@ impl StateStore for RedisStore {
                     Value::from(from.as_str()).to_string(),
                     Value::from(to.as_str()).to_string(),
                     absent_is_from.to_owned(),
+                    self.shared.finished_task_ttl_ms.to_string(),
                 ],
             )
             .await?;

@@ -636,3 +636,99 @@ async fn foreign_data_under_the_namespace_gives_errors_not_panics() {
     // The store still works for everything else.
     assert!(store.compare_and_set("fine", 0, &json!(1)).await.expect("cas").applied);
 }
+
+#[tokio::test]
+async fn the_memory_backend_forgets_the_oldest_finished_tasks_beyond_its_limit() {
+    let store = MemoryStore::with_finished_tasks_kept(3);
+    for i in 0..5 {
+        let id = format!("t{i}");
+        for (from, to) in [
+            (TaskState::Pending, TaskState::Assigned),
+            (TaskState::Assigned, TaskState::Running),
+            (
+                TaskState::Running,
+                if i % 2 == 0 { TaskState::Done } else { TaskState::Failed },
+            ),
+        ] {
+            assert!(store.transition(&id, from, to).await.expect("moves").applied);
+        }
+    }
+    // A task still running is never forgotten, however many finish after it.
+    assert!(
+        store
+            .transition("busy", TaskState::Pending, TaskState::Assigned)
+            .await
+            .expect("moves")
+            .applied
+    );
+    let state = |id: &'static str| {
+        let store = &store;
+        async move { store.get(&format!("task/{id}")).await.expect("reads").value }
+    };
+    assert_eq!(state("t0").await, Value::Null, "forgotten");
+    assert_eq!(state("t1").await, Value::Null, "forgotten");
+    assert_eq!(state("t2").await, json!("done"));
+    assert_eq!(state("t3").await, json!("failed"));
+    assert_eq!(state("t4").await, json!("done"));
+    for i in 5..10 {
+        let id = format!("t{i}");
+        store
+            .transition(&id, TaskState::Pending, TaskState::Assigned)
+            .await
+            .expect("moves");
+        store
+            .transition(&id, TaskState::Assigned, TaskState::Running)
+            .await
+            .expect("moves");
+        store
+            .transition(&id, TaskState::Running, TaskState::Done)
+            .await
+            .expect("moves");
+    }
+    assert_eq!(state("busy").await, json!("assigned"));
+    // The newest finished tasks stay.
+    assert_eq!(state("t9").await, json!("done"));
+}
+
+#[tokio::test]
+async fn the_redis_backend_expires_finished_tasks_and_keeps_running_ones() {
+    let Some(server) = RedisServer::start() else { return };
+    let ns = namespace();
+    let store = RedisStore::open(&server.url(), &ns)
+        .expect("opens")
+        .with_finished_task_ttl(Some(Duration::from_secs(100)));
+    for (from, to) in [
+        (TaskState::Pending, TaskState::Assigned),
+        (TaskState::Assigned, TaskState::Running),
+        (TaskState::Running, TaskState::Failed),
+    ] {
+        assert!(store.transition("t", from, to).await.expect("moves").applied);
+    }
+    let ttl = |server: &RedisServer| server.command(&["PTTL", &format!("{ns}:kv:task/t")]);
+    let expiring: i64 = ttl(&server).trim_start_matches(':').trim().parse().expect("a number");
+    assert!(
+        (1..=100_000).contains(&expiring),
+        "failed: expires ({expiring} ms left)"
+    );
+    // Handed back to pending for a retry: kept until it finishes again.
+    assert!(
+        store
+            .transition("t", TaskState::Failed, TaskState::Pending)
+            .await
+            .expect("moves")
+            .applied
+    );
+    assert!(ttl(&server).starts_with(":-1"), "pending again: no expiry");
+    // No TTL at all when configured so.
+    let forever = RedisStore::open(&server.url(), &ns)
+        .expect("opens")
+        .with_finished_task_ttl(None);
+    for (from, to) in [
+        (TaskState::Pending, TaskState::Assigned),
+        (TaskState::Assigned, TaskState::Running),
+        (TaskState::Running, TaskState::Done),
+    ] {
+        assert!(forever.transition("u", from, to).await.expect("moves").applied);
+    }
+    assert!(server.command(&["PTTL", &format!("{ns}:kv:task/u")]).starts_with(":-1"));
+}
