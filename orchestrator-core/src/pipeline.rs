@@ -30,7 +30,9 @@
 //!
 //! **A task runs once.** Its id is held in an in-process set while it is in the pipeline, and
 //! `atomic_updates` moves it `pending -> assigned` before any agent sees it: on the Redis
-//! backend, a task submitted by two processes runs in one of them.
+//! backend, a task submitted by two processes runs in one of them. (A finished task's state is
+//! kept for a bounded time or number of tasks, see the shared-state plugin; after that its id
+//! could run again. Ids are meant to be unique, and generated ones are.)
 
 use crate::agent_tasks::{RunningTask, TaskRun, execute_on};
 use crate::agents::AgentEntry;
