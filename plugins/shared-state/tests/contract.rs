@@ -732,3 +732,89 @@ async fn the_redis_backend_expires_finished_tasks_and_keeps_running_ones() {
     }
     assert!(server.command(&["PTTL", &format!("{ns}:kv:task/u")]).starts_with(":-1"));
 }
+
+/// The child side of the kill test: appends its own counter value under `cas` one step at a
+/// time, printing each value once Redis has acknowledged it, until it is killed.
+#[tokio::test]
+async fn acknowledged_writer() {
+    let Ok(url) = std::env::var("ORCH_WRITER_URL") else {
+        return;
+    };
+    let ns = std::env::var("ORCH_WRITER_NS").expect("namespace");
+    let key = std::env::var("ORCH_WRITER_KEY").expect("key");
+    let store = RedisStore::open(&url, &ns).expect("opens");
+    let mut version = store.get(&key).await.expect("get").version;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let outcome = store
+            .compare_and_set(&key, version, &json!(version + 1))
+            .await
+            .expect("cas");
+        assert!(outcome.applied, "the only writer of its key");
+        version = outcome.version;
+        writeln!(out, "ACK {version}").expect("writes");
+        out.flush().expect("flushes");
+    }
+}
+
+/// Writer processes killed with SIGKILL at random moments, 20 times over: every update Redis
+/// acknowledged is there afterwards (the value is at least the last acknowledged one, and at
+/// most one further: the write in flight when the process died may or may not have landed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_acknowledged_before_a_writer_is_killed_are_all_present() {
+    let Some(server) = RedisServer::start() else { return };
+    let ns = namespace();
+    let exe = std::env::current_exe().expect("test binary");
+    let store = RedisStore::open(&server.url(), &ns).expect("opens");
+    let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+    let mut last_value = 0_u64;
+    for run in 0..20 {
+        let key = "counter";
+        let mut child = std::process::Command::new(&exe)
+            .args(["acknowledged_writer", "--exact", "--nocapture", "--test-threads=1"])
+            .env("ORCH_WRITER_URL", server.url())
+            .env("ORCH_WRITER_NS", &ns)
+            .env("ORCH_WRITER_KEY", key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawns a writer");
+        let stdout = child.stdout.take().expect("stdout");
+        // Kill it after a random number of acknowledged writes (1 to 200), read as they come.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = last_value + 1 + seed % 200;
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Every line up to the end of the output counts: the writer runs ahead of this
+            // reader, so acknowledgements printed before the kill landed are still in the pipe.
+            let mut acknowledged = 0_u64;
+            let mut child = child;
+            let mut killed = false;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line.strip_prefix("ACK ") {
+                    acknowledged = n.trim().parse().expect("a number");
+                    if !killed && acknowledged >= kill_after {
+                        child.kill().expect("SIGKILL");
+                        killed = true;
+                    }
+                }
+            }
+            let _ = child.wait();
+            acknowledged
+        });
+        let acknowledged = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+            .await
+            .expect("joins");
+        let stored = store.get(key).await.expect("reads");
+        let value = stored.value.as_u64().expect("a number");
+        assert!(
+            value >= acknowledged && value <= acknowledged + 1,
+            "run {run}: acknowledged {acknowledged}, stored {value}"
+        );
+        assert!(value >= last_value, "run {run}: went back from {last_value} to {value}");
+        last_value = value;
+    }
+}
