@@ -187,6 +187,10 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// The largest answer the host reads from a dynamic plugin (16 MiB): a bigger one is refused
+/// unread, so that a plugin gone wrong cannot make the host parse without bound.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
 fn encode_error(error: &PluginError) -> RString {
     serde_json::to_string(error)
         .unwrap_or_else(|_| format!("{{\"kind\":\"internal\",\"message\":{:?}}}", error.message))
@@ -659,6 +663,10 @@ impl OrchestrationPlugin for ForeignPlugin {
         let json = serde_json::to_string(&request).map_err(|e| PluginError::new(e.to_string()))?;
         let answer = self.ffi.process_request(json.into()).await.into_result();
         match answer {
+            Ok(json) if json.len() > MAX_RESPONSE_BYTES => Err(PluginError::new(format!(
+                "the plugin answered with {} bytes, over the host's limit of {MAX_RESPONSE_BYTES}; not read",
+                json.len()
+            ))),
             Ok(json) => serde_json::from_str(&json)
                 .map_err(|e| PluginError::new(format!("the plugin answered with an unreadable response: {e}"))),
             Err(e) => Err(decode_error(&e)),
