@@ -959,6 +959,8 @@ async fn pick(run: &mut Run<'_>, with_room: &[Arc<AgentEntry>]) -> AgentId {
             json!({
                 "task": {"id": task.id, "description": task.description, "required_capabilities": task.required_capabilities},
                 "available_agents": candidates,
+                // Only the picks the balancer may choose among are read.
+                "ranking_len": run.inner.pipeline.balance_among.clamp(1, 10),
             }),
         )
         .await;

@@ -28,9 +28,10 @@
 //!
 //! **`semantic_routing`**
 //! - request: `{"task": {"description": string, "required_capabilities"?: [string], "topic"?: string},
-//!   "available_agents"?: [id]}` (absent: every registered agent)
+//!   "available_agents"?: [id], "ranking_len"?: 1..=10}` (absent: every registered agent; the
+//!   ranking's length, default 10: a caller that reads only the best few saves building the rest)
 //! - response: `{"selected_agent", "score", "topic", "ranking": [{"agent_id", "score",
-//!   "similarity", "learned", "free"}]}` (best first, at most 10); `success: false` with the
+//!   "similarity", "learned", "free"}]}` (best first, at most `ranking_len`); `success: false` with the
 //!   reason when no candidate passes the filters.
 //!
 //! **`performance_learning`**
@@ -281,6 +282,17 @@ impl ContextAwareRoutingPlugin {
         const EXPECTED: &str = "expected {\"task\": {\"description\": string, \"required_capabilities\"?: [string]}, \"available_agents\"?: [string]}";
         let task = parse_task(data, EXPECTED)?;
         let wanted = string_list(data.get("available_agents"), "available_agents")?;
+        let ranking_len = match data.get("ranking_len") {
+            None | Some(Value::Null) => RANKING_LEN,
+            Some(n) => match n.as_u64() {
+                Some(n @ 1..=10) => n as usize,
+                _ => {
+                    return Err(PluginError::invalid_request(
+                        "`ranking_len` must be an integer from 1 to 10 (default 10)",
+                    ));
+                }
+            },
+        };
         let host = self.host()?;
         // A few candidates in a large fleet are looked up one by one; otherwise one read of
         // every agent's load is cheaper than a full snapshot of each candidate. (The fleet's
@@ -412,9 +424,9 @@ impl ContextAwareRoutingPlugin {
         let order = |x: &Candidate<'_>, y: &Candidate<'_>| {
             y.score.total_cmp(&x.score).then_with(|| x.agent.id.cmp(&y.agent.id))
         };
-        if candidates.len() > RANKING_LEN {
-            candidates.select_nth_unstable_by(RANKING_LEN - 1, order);
-            candidates.truncate(RANKING_LEN);
+        if candidates.len() > ranking_len {
+            candidates.select_nth_unstable_by(ranking_len - 1, order);
+            candidates.truncate(ranking_len);
         }
         candidates.sort_by(order);
         let top: Vec<Value> = candidates

@@ -197,6 +197,14 @@ async fn bad_input_is_refused_as_invalid_request() {
         ),
         ("agent_profiling", json!({"agent_id": "ghost"})),
         ("agent_profiling", json!(42)),
+        (
+            "semantic_routing",
+            json!({"task": {"description": "x"}, "ranking_len": 0}),
+        ),
+        (
+            "semantic_routing",
+            json!({"task": {"description": "x"}, "ranking_len": "3"}),
+        ),
     ] {
         let err = orch
             .execute(IntegrationRequest::new(capability, data.clone()))
@@ -225,4 +233,30 @@ async fn the_plugin_passes_the_conformance_kit() {
     check_plugin(&ContextAwareRoutingPlugin::new(), CheckOptions::default())
         .await
         .assert_conformant();
+}
+
+#[tokio::test]
+async fn the_ranking_is_as_long_as_asked() {
+    let orch = orchestrator(6).await;
+    for i in 0..6 {
+        orch.register_agent(
+            AgentConfig::default()
+                .with_id(format!("a{i}"))
+                .with_capabilities(["work"]),
+        )
+        .await
+        .expect("registers");
+    }
+    let full = call(&orch, "semantic_routing", json!({"task": {"description": "work"}})).await;
+    assert_eq!(full["ranking"].as_array().map(Vec::len), Some(6));
+    let short = call(
+        &orch,
+        "semantic_routing",
+        json!({"task": {"description": "work"}, "ranking_len": 2}),
+    )
+    .await;
+    let ranking = short["ranking"].as_array().expect("ranking");
+    assert_eq!(ranking.len(), 2);
+    assert_eq!(ranking[0]["agent_id"], short["selected_agent"]);
+    assert!(ranking[0]["score"].as_f64() >= ranking[1]["score"].as_f64());
 }
