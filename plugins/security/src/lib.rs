@@ -20,12 +20,46 @@
 //!
 //! **`audit_logging`**: an append-only, hash-chained log on disk (see the `audit` module docs).
 //! - `{"op": "append" (default), "agent_id", "action", "resource", "outcome"?}` ->
-//!   `{"sequence", "hash"}` once the record is on disk
-//! - `{"op": "verify"}` -> `{"valid", "records", "first_bad"?, "reason"?, "recovered"?}`
+//!   `{"sequence", "hash"}` once the record is on disk (and, with a `head_file`, once the head
+//!   file names it)
+//! - `{"op": "verify", "anchor"?: {"sequence", "hash"}}` -> `{"valid", "records", "first_bad"?,
+//!   "reason"?, "recovered"?, "anchor"?, "head_file"?, "head_file_adopted"?}` (see below)
 //! - `{"op": "query", "agent_id"?, "since"? (ms since the epoch), "limit"? (100)}` -> `{"records": [..]}`
 //!
-//! Malformed requests (a missing or mistyped field, an unknown `op`) are refused with
+//! Malformed requests (a missing or mistyped field, an unknown `op`, an `anchor` that is not
+//! `{"sequence": non-negative integer, "hash": 64 hex digits}`) are refused with
 //! `PluginError::invalid_request`, saying what was expected.
+//!
+//! # The audit log: crashes, tampering, anchors
+//!
+//! Records are framed (`[length u32 LE][crc32 u32 LE][JSON]`) and chained (`hash =
+//! sha256(prev_hash + "\n" + record without hash)`); an append is synced (`sync_data`) before it
+//! is answered. After a crash, the next open truncates a torn last record (a short frame, or a
+//! bad checksum on the last frame) and `verify` reports it as `"recovered": {"truncated_bytes",
+//! "kept_records"}`; every answered append survives. `verify` finds and locates (`first_bad`) an
+//! edited, deleted, inserted or reordered record.
+//!
+//! A chain kept in the same file cannot catch a forger who rewrites every record from an edit
+//! onward with recomputed hashes, or who cuts records off the end while the plugin is not
+//! running: the result is a well-formed log. Anchoring the head elsewhere does:
+//!
+//! - **`anchor` in `verify`**: pass back an `append` answer kept elsewhere. The record at its
+//!   `sequence` must be in the log with its `hash`: `"anchor": "matched"`, or `"mismatch"` (the
+//!   log was rewritten at or before it) or `"missing"` (records were removed), either making
+//!   `valid` false with a `reason`. An anchor vouches for its record and every record before it.
+//! - **`head_file`** (configuration): after every append, before answering, the plugin replaces
+//!   that file with the new head `{"sequence", "hash"}` (temporary file, sync, rename, directory
+//!   sync: three syncs per append instead of one); an append whose head file cannot be written
+//!   is taken back out of the log and refused. `verify` checks the log against the file:
+//!   `"head_file": "matched"`, `"behind"` (one record past it, from a crash between the two
+//!   writes: valid), or, invalid, `"behind"` by more, `"mismatch"`, `"missing"`, `"absent"`,
+//!   `"unreadable"`. An absent head file is created at open from the log as it stands, and a head
+//!   file one record behind (that crash) is moved over the record; `"head_file_adopted": n` says
+//!   how many records an open anchored that no earlier head vouched for. When the log disagrees
+//!   with its head file at open, nothing is truncated or rewritten, appends are refused and the
+//!   health check says degraded, until an operator restores the log or removes the head file. A
+//!   head file helps only where the forger cannot rewrite it too (another volume, write-once
+//!   storage, a copy shipped off the machine); the embedder's anchor is the stronger of the two.
 //!
 //! # Configuration
 //!
@@ -41,6 +75,13 @@
 //! [SecurityIntegrationPlugin.audit]
 //! path = "var/audit.log"                    # default: orchestrator-audit.log in the working directory,
 //!                                           # opened on first use
+//! head_file = "/mnt/other/audit.head"       # optional, off by default: the head {"sequence", "hash"}
+//!                                           # rewritten (temp file, sync, rename, directory sync)
+//!                                           # after every append and checked by verify, so that a
+//!                                           # rewrite of the log's whole tail is found. It costs two
+//!                                           # more syncs per append (three instead of one). Created
+//!                                           # when absent; keep it where the log's writer cannot
+//!                                           # rewrite it afterwards. Must not be the log itself.
 //!
 //! [SecurityIntegrationPlugin.rbac.roles.viewer]
 //! allow = ["agents:read"]                   # "resource:action"; `*` on either side
@@ -52,8 +93,11 @@
 //! ```
 //!
 //! An unknown key anywhere is an error at initialization that names it; so are an unreadable
-//! PEM key, a secret shorter than 16 bytes, a malformed permission, an unknown role and an
-//! inheritance cycle. With no JWT key configured, every token is refused, saying so.
+//! PEM key, a secret shorter than 16 bytes, a malformed permission, an unknown role, an
+//! inheritance cycle and a `head_file` that is the log itself. With no JWT key configured, every
+//! token is refused, saying so. When the log disagrees with its head file at open (it was
+//! rewritten or cut short), appends are refused with a reason and the health check reports the
+//! plugin degraded, until an operator restores the log or removes the head file.
 
 mod audit;
 mod jwt;
@@ -61,7 +105,7 @@ mod rbac;
 
 pub use audit::DEFAULT_AUDIT_PATH;
 
-use audit::{AuditConfig, AuditLog};
+use audit::{Anchor, AuditConfig, AuditLog};
 use jwt::{JwtConfig, JwtVerifier};
 use plugin_api::prelude::*;
 use rbac::{Rbac, RbacConfig};
@@ -88,13 +132,14 @@ struct Security {
     jwt: JwtVerifier,
     rbac: Rbac,
     audit_path: PathBuf,
+    audit_head_file: Option<PathBuf>,
     audit: OnceLock<Result<AuditLog, String>>,
 }
 
 impl Security {
     fn audit(&self) -> Result<&AuditLog, PluginError> {
         self.audit
-            .get_or_init(|| AuditLog::open(&self.audit_path))
+            .get_or_init(|| AuditLog::open(&self.audit_path, self.audit_head_file.as_deref()))
             .as_ref()
             .map_err(|e| PluginError::new(e.clone()))
     }
@@ -150,8 +195,36 @@ impl SecurityIntegrationPlugin {
         Ok(security.jwt.verify(token, &required))
     }
 
+    /// The `anchor` of a `verify` request: an `append` answer, `{"sequence", "hash"}`.
+    fn anchor(data: &Value) -> Result<Option<Anchor>, PluginError> {
+        const EXPECTED: &str = "{\"sequence\": non-negative integer, \"hash\": 64 hex digits} (an `append` answer)";
+        let anchor = match data.get("anchor") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(anchor)) => anchor,
+            Some(other) => {
+                return Err(PluginError::invalid_request(format!(
+                    "`anchor` must be an object, not {other}; expected {EXPECTED}"
+                )));
+            }
+        };
+        let sequence = anchor.get("sequence").and_then(Value::as_u64).ok_or_else(|| {
+            PluginError::invalid_request(format!("missing or mistyped `anchor.sequence`; expected {EXPECTED}"))
+        })?;
+        let hash = anchor
+            .get("hash")
+            .and_then(Value::as_str)
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| {
+                PluginError::invalid_request(format!("missing or malformed `anchor.hash`; expected {EXPECTED}"))
+            })?;
+        Ok(Some(Anchor {
+            sequence,
+            hash: hash.to_ascii_lowercase(),
+        }))
+    }
+
     fn audit_logging(security: &Security, data: &Value) -> Result<Value, PluginError> {
-        const EXPECTED: &str = "{\"agent_id\", \"action\", \"resource\", \"outcome\"?} (strings), or {\"op\": \"verify\"}, or {\"op\": \"query\", \"agent_id\"?, \"since\"?, \"limit\"?}";
+        const EXPECTED: &str = "{\"agent_id\", \"action\", \"resource\", \"outcome\"?} (strings), or {\"op\": \"verify\", \"anchor\"?: {\"sequence\", \"hash\"}}, or {\"op\": \"query\", \"agent_id\"?, \"since\"?, \"limit\"?}";
         let op = match data.get("op") {
             None => "append",
             Some(Value::String(op)) => op.as_str(),
@@ -178,7 +251,10 @@ impl SecurityIntegrationPlugin {
                 };
                 log.append(agent, action, resource, outcome)
             }
-            "verify" => log.verify(),
+            "verify" => {
+                let anchor = Self::anchor(data)?;
+                log.verify(anchor.as_ref())
+            }
             "query" => {
                 let agent = match data.get("agent_id") {
                     None | Some(Value::Null) => None,
@@ -223,11 +299,15 @@ impl OrchestrationPlugin for SecurityIntegrationPlugin {
         let config: SecurityConfig = host.config_as()?;
         let jwt = JwtVerifier::new(&config.jwt).map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?;
         let rbac = Rbac::new(&config.rbac).map_err(|e| PluginError::new(format!("{NAME} configuration: rbac: {e}")))?;
-        let audit_path = config.audit.path.unwrap_or_else(|| PathBuf::from(DEFAULT_AUDIT_PATH));
+        let (audit_path, audit_head_file) = config
+            .audit
+            .paths()
+            .map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?;
         let security = Security {
             jwt,
             rbac,
             audit_path,
+            audit_head_file,
             audit: OnceLock::new(),
         };
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(security));
@@ -255,6 +335,10 @@ impl OrchestrationPlugin for SecurityIntegrationPlugin {
             Err(e) => HealthStatus::unhealthy(e.message),
             Ok(security) => match security.audit.get() {
                 Some(Err(e)) => HealthStatus::degraded(format!("audit log unavailable: {e}")),
+                Some(Ok(log)) => match log.blocked() {
+                    Some(why) => HealthStatus::degraded(format!("audit log refuses appends: {why}")),
+                    None => HealthStatus::healthy(),
+                },
                 _ => HealthStatus::healthy(),
             },
         }
