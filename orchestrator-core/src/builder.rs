@@ -162,7 +162,8 @@ impl OrchestratorBuilder {
     }
 
     /// How many lifecycle events each plugin's queue holds (default
-    /// [`DEFAULT_EVENT_QUEUE_CAPACITY`](crate::DEFAULT_EVENT_QUEUE_CAPACITY), at least 1).
+    /// [`DEFAULT_EVENT_QUEUE_CAPACITY`](crate::DEFAULT_EVENT_QUEUE_CAPACITY), at least 1, at
+    /// most 1,048,576: a larger number is taken as that).
     ///
     /// Every plugin hears events from a bounded queue of its own, through a delivery task of
     /// its own, so a slow `on_event` delays only that plugin. When its queue is full, new
@@ -171,7 +172,7 @@ impl OrchestratorBuilder {
     /// and reported as `degraded` by the next [`Orchestrator::health`]. Memory stays bounded
     /// by the capacities whatever a plugin does.
     pub fn event_queue_capacity(mut self, capacity: usize) -> Self {
-        self.event_queue_capacity = Some(capacity.max(1));
+        self.event_queue_capacity = Some(capacity.clamp(1, crate::events::MAX_EVENT_QUEUE_CAPACITY));
         self
     }
 
@@ -216,7 +217,9 @@ impl OrchestratorBuilder {
             .unwrap_or(DEFAULT_CALL_TIMEOUT);
         let event_queue_capacity = self
             .event_queue_capacity
-            .or(host.event_queue_capacity.map(|n| n.max(1)))
+            .or(host
+                .event_queue_capacity
+                .map(|n| n.clamp(1, crate::events::MAX_EVENT_QUEUE_CAPACITY)))
             .unwrap_or(crate::events::DEFAULT_EVENT_QUEUE_CAPACITY);
         let quarantine = match self.quarantine {
             Some(policy) => policy,

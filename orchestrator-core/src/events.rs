@@ -35,6 +35,10 @@ use tokio::time::Instant;
 /// How many events a plugin's queue holds by default before it starts dropping.
 pub const DEFAULT_EVENT_QUEUE_CAPACITY: usize = 1024;
 
+/// The largest per-plugin event queue (1,048,576 events): larger settings are taken as this
+/// (the queue's semaphore cannot count more, and no plugin needs more).
+pub(crate) const MAX_EVENT_QUEUE_CAPACITY: usize = 1 << 20;
+
 /// How many events may wait for the fan-out task (it never waits on plugins, so this fills
 /// only when emitters outrun a whole core).
 const CENTRAL_QUEUE: usize = 65_536;

@@ -153,7 +153,16 @@ impl Host for CoreHost {
                 let _context = inner.runtime.enter();
                 Box::pin(tokio::time::sleep(duration))
             }
-            None => Box::pin(std::future::ready(())),
+            // The orchestrator is gone: a plugin outliving it (until its last event delivery
+            // lets go) still sleeps for real on the runtime it runs on, so that a loop of
+            // sleeps does not spin; with no runtime either, it never wakes.
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let _context = runtime.enter();
+                    Box::pin(tokio::time::sleep(duration))
+                }
+                Err(_) => Box::pin(std::future::pending()),
+            },
         }
     }
 

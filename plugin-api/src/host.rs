@@ -95,7 +95,8 @@ impl HostHandle {
 
     /// This plugin's configuration read into `T`, or `T::default()` when none was given. Derive
     /// `Deserialize` with `#[serde(deny_unknown_fields)]` on `T` and a misspelt key becomes an
-    /// error naming it; every error names the plugin.
+    /// error naming it; every error names the plugin, and the key whose value was refused (a
+    /// value of the wrong type, a missing field) when it can be found.
     ///
     /// ```ignore
     /// #[derive(Default, serde::Deserialize)]
@@ -106,8 +107,10 @@ impl HostHandle {
     pub fn config_as<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, PluginError> {
         match self.config() {
             Value::Null => Ok(T::default()),
-            value => serde_json::from_value(value)
-                .map_err(|e| PluginError::new(format!("{} configuration: {e}", self.plugin))),
+            value => T::deserialize(&value).map_err(|e| {
+                let at = config_error_key::<T>(&value).map_or_else(String::new, |key| format!(" (at `{key}`)"));
+                PluginError::new(format!("{} configuration: {e}{at}", self.plugin))
+            }),
         }
     }
 
@@ -171,4 +174,35 @@ impl HostHandle {
     pub fn set_interests(&self, interests: Interests) {
         self.host.set_interests(&self.plugin, interests);
     }
+}
+
+/// The dotted path of the key whose value `T` refused in `config`: `serde_json` reports no path
+/// when reading a `Value`, so the configuration is read again as indented JSON text (one member
+/// a line), and the members enclosing the error's line make the path.
+fn config_error_key<T: serde::de::DeserializeOwned>(config: &Value) -> Option<String> {
+    let text = serde_json::to_string_pretty(config).ok()?;
+    let line = serde_json::from_str::<T>(&text).err()?.line();
+    let mut path = Vec::new();
+    let mut indent = usize::MAX;
+    for line in text.lines().take(line).collect::<Vec<_>>().into_iter().rev() {
+        let member = line.trim_start();
+        let depth = line.len() - member.len();
+        if depth >= indent {
+            continue;
+        }
+        // `"key": value`: a member, whose key encloses the lines below it. Anything else (a
+        // closing bracket, where a missing field is reported; an array element) is enclosed by
+        // a member further out.
+        let mut strings = serde_json::Deserializer::from_str(member).into_iter::<String>();
+        let key = strings.next().and_then(Result::ok);
+        match key.filter(|_| member[strings.byte_offset()..].trim_start().starts_with(':')) {
+            Some(key) => {
+                path.push(key);
+                indent = depth;
+            }
+            None => indent = depth + 1,
+        }
+    }
+    path.reverse();
+    (!path.is_empty()).then(|| path.join("."))
 }

@@ -204,7 +204,22 @@ fn read_frames(bytes: &[u8]) -> (Vec<Frame>, Option<(u64, String)>) {
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
         if len > MAX_RECORD || rest.len() < FRAME_HEADER + len {
-            return (frames, Some((at as u64, "a frame is cut short".into())));
+            // A frame that runs past the end is a torn last record only if nothing intact
+            // follows it: a damaged length field earlier in the log would otherwise make every
+            // record after it look like the tail of a torn write, and be cut away on open.
+            match next_intact_frame(bytes, at + 1) {
+                None => return (frames, Some((at as u64, "a frame is cut short".into()))),
+                Some(next) => {
+                    frames.push(Frame {
+                        offset: at as u64,
+                        record: Err(format!(
+                            "its length field is damaged ({len} bytes announced; the next intact frame is at offset {next})"
+                        )),
+                    });
+                    at = next;
+                    continue;
+                }
+            }
         }
         let body = &rest[FRAME_HEADER..FRAME_HEADER + len];
         let is_last = at + FRAME_HEADER + len == bytes.len();
@@ -223,6 +238,21 @@ fn read_frames(bytes: &[u8]) -> (Vec<Frame>, Option<(u64, String)>) {
         at += FRAME_HEADER + len;
     }
     (frames, None)
+}
+
+/// The offset of the first whole frame at or after `from` whose checksum matches and whose body
+/// is a record, if any. Only damaged logs are scanned this way.
+fn next_intact_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(FRAME_HEADER)).find(|&at| {
+        let rest = &bytes[at..];
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len == 0 || len > MAX_RECORD || rest.len() < FRAME_HEADER + len || rest[FRAME_HEADER] != b'{' {
+            return false;
+        }
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        let body = &rest[FRAME_HEADER..FRAME_HEADER + len];
+        crc32fast::hash(body) == crc && serde_json::from_slice::<Record>(body).is_ok()
+    })
 }
 
 /// Where a head (from the head file or an anchor) stands in the frames read back.
@@ -405,7 +435,9 @@ impl AuditLog {
         }
         let last = frames.iter().rev().find_map(|f| f.record.as_ref().ok());
         let (next_sequence, head) = match last {
-            Some(r) => (r.body.sequence + 1, r.hash.clone()),
+            // A damaged or forged log may carry any number: the last one is never used, so that
+            // `next_sequence` cannot overflow (appends are refused at it).
+            Some(r) => (r.body.sequence.saturating_add(1), r.hash.clone()),
             None => (0, GENESIS.to_owned()),
         };
         if let (Some(_), Some(head_path)) = (adopt, head_file) {
@@ -459,6 +491,12 @@ impl AuditLog {
             ));
         }
         let mut state = self.lock();
+        if state.next_sequence == u64::MAX {
+            return Err(format!(
+                "audit log {}: appends refused: it has used every sequence number; start a new log",
+                self.path.display()
+            ));
+        }
         let body = RecordBody {
             sequence: state.next_sequence,
             timestamp_ms: SystemTime::now()

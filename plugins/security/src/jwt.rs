@@ -35,6 +35,10 @@ pub(crate) struct JwtConfig {
     leeway_s: u64,
 }
 
+/// The largest clock skew accepted (a day): more is no skew, and a leeway past the Unix epoch
+/// would make the token library's `now - leeway` underflow.
+const MAX_LEEWAY_S: u64 = 86_400;
+
 fn default_leeway() -> u64 {
     30
 }
@@ -65,6 +69,12 @@ struct Claims {
 
 impl JwtVerifier {
     pub(crate) fn new(config: &JwtConfig) -> Result<Self, String> {
+        if config.leeway_s > MAX_LEEWAY_S {
+            return Err(format!(
+                "jwt.leeway_s must be at most {MAX_LEEWAY_S} (a day), not {}",
+                config.leeway_s
+            ));
+        }
         let mut keys = Vec::new();
         if let Some(secret) = &config.hs256_secret {
             if secret.len() < 16 {
