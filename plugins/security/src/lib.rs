@@ -70,7 +70,7 @@
 //! es256_public_key_pem = "-----BEGIN PUBLIC KEY-----..."
 //! issuer = "https://issuer.example"         # when set, required in every token
 //! audience = "orchestrator"                 # when set, required in every token
-//! leeway_s = 30                             # clock skew allowed on exp and nbf (default 30)
+//! leeway_s = 30                             # clock skew allowed on exp and nbf (default 30, at most 86400)
 //!
 //! [SecurityIntegrationPlugin.audit]
 //! path = "var/audit.log"                    # default: orchestrator-audit.log in the working directory,
