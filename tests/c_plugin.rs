@@ -141,19 +141,6 @@ async fn a_c_plugin_for_another_abi_version_is_refused() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// The process's thread count and resident memory (Linux), to check they stay bounded.
-fn threads_and_rss_kb() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("Threads:")?, field("VmRSS:")?))
-}
-
 /// Fault injection through the C ABI: garbage, NULL, an enormous answer and calls that outlast
 /// the timeout, 1,000 calls in all. Each ends in a clear error (or its answer) within the call
 /// timeout, the host keeps serving, and threads and memory stay bounded. Then a plugin that
@@ -173,7 +160,7 @@ async fn a_misbehaving_c_plugin_is_contained_call_after_call() {
     orch.load_plugin(&path).await.expect("loads");
     let call = |mode: &str| orch.execute(IntegrationRequest::new("c_fault", json!({ "mode": mode })));
     assert!(call("ok").await.expect("served").success);
-    let before = threads_and_rss_kb();
+    let before = common::threads_and_rss_kb();
 
     let mut slowest = std::time::Duration::ZERO;
     for i in 0..1_000 {
@@ -215,7 +202,9 @@ async fn a_misbehaving_c_plugin_is_contained_call_after_call() {
     // measured by the plugin before it is refused).
     assert!(slowest < std::time::Duration::from_secs(2), "slowest call: {slowest:?}");
     assert!(call("ok").await.expect("still serving").success);
-    if let (Some((threads_before, rss_before)), Some((threads_after, rss_after))) = (before, threads_and_rss_kb()) {
+    if let (Some((threads_before, rss_before)), Some((threads_after, rss_after))) =
+        (before, common::threads_and_rss_kb())
+    {
         // At most 16 abandoned calls run on at once, each on one blocking thread.
         assert!(
             threads_after <= threads_before + 16 + 4,

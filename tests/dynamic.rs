@@ -370,19 +370,6 @@ async fn a_new_build_at_a_loaded_path_is_what_gets_loaded() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// The process's thread count and resident memory (Linux), to check they stay bounded.
-fn threads_and_rss_kb() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("Threads:")?, field("VmRSS:")?))
-}
-
 /// Fault injection through the stable ABI: 1,000 calls to a dynamic plugin that panics, hangs,
 /// answers 20 MiB, is slow only sometimes or fails, mixed with good calls. Each ends in its
 /// answer or a clear error within the call timeout, the host keeps serving, and threads and
@@ -405,7 +392,7 @@ async fn a_misbehaving_dynamic_plugin_is_contained_call_after_call() {
     let mut after_round = Vec::new();
     for i in 0..1_000 {
         if i == 500 {
-            after_round.push(threads_and_rss_kb());
+            after_round.push(common::threads_and_rss_kb());
         }
         let capability = match i % 100 {
             0 => "faulty_huge",
@@ -431,7 +418,7 @@ async fn a_misbehaving_dynamic_plugin_is_contained_call_after_call() {
             (capability, outcome) => panic!("{capability}: {outcome:?}"),
         }
     }
-    after_round.push(threads_and_rss_kb());
+    after_round.push(common::threads_and_rss_kb());
     assert!(slowest < Duration::from_secs(2), "slowest call: {slowest:?}");
     assert!(call("faulty_echo").await.expect("still serving").success);
     if let [Some((threads_first, rss_first)), Some((threads_second, rss_second))] = after_round[..] {

@@ -191,3 +191,16 @@ pub fn plugin_library(package: &str) -> std::path::PathBuf {
 pub fn plugin_example_library(package: &str, example: &str) -> std::path::PathBuf {
     orchestrator::plugin_api::testkit::example_library(package, example).expect("the example library")
 }
+
+/// The process's thread count and resident memory (Linux), to check they stay bounded.
+pub fn threads_and_rss_kb() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("Threads:")?, field("VmRSS:")?))
+}
