@@ -240,7 +240,7 @@ impl Orchestrator {
     // ----- plugins ------------------------------------------------------------------------
 
     /// Registers a plugin: checks its name and capabilities, calls `initialize` with its
-    /// [`HostHandle`], records its first health check and makes its capabilities callable.
+    /// [`HostHandle`](plugin_api::HostHandle), records its first health check and makes its capabilities callable.
     /// A plugin name that is taken, or a capability another plugin provides at the same
     /// priority, is refused (see [`register_plugin_with`](Self::register_plugin_with)).
     pub fn register_plugin<P: OrchestrationPlugin>(

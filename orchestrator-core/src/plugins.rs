@@ -269,7 +269,7 @@ pub struct LoadReportEntry {
     pub outcome: LoadOutcome,
 }
 
-/// What [`Orchestrator::load_plugin_dir`] did, file by file.
+/// What [`Orchestrator::load_plugin_dir`](crate::Orchestrator::load_plugin_dir) did, file by file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LoadReport {
