@@ -6,80 +6,95 @@ use super::{Called, Outcome, Run};
 use crate::agents::AgentEntry;
 use crate::error::TaskError;
 use crate::task::{PipelineStep, StepOutcome, TaskStatus};
-use plugin_api::OrchestratorEvent;
+use plugin_api::{IntegrationResponse, OrchestratorEvent};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What the calls of one bookkeeping step came to: who served them, and what went wrong. A
+/// step's calls are bookkeeping: a failure is reported in the trace, and the task goes on.
+#[derive(Default)]
+struct Books {
+    plugins: Vec<String>,
+    problems: Vec<String>,
+}
+
+impl Books {
+    /// Notes `capability`'s call: its server when `accepted` holds for the answer, else a
+    /// problem naming the capability. An absent capability is not noted.
+    fn note(&mut self, capability: &str, called: Called, accepted: fn(&IntegrationResponse) -> bool) {
+        match called {
+            Called::Answer(r) if accepted(&r) => self.plugins.push(r.served_by),
+            Called::Answer(r) => {
+                let why = match r.error {
+                    Some(error) => error,
+                    None if r.success => format!("not applied, the task is {}", r.data["value"]),
+                    None => String::new(),
+                };
+                self.problems.push(format!("{capability}: {why}"));
+            }
+            Called::Failed(e) => self.problems.push(format!("{capability}: {e}")),
+            Called::Absent => {}
+        }
+    }
+
+    /// Traces `step` as done (with `detail`) or failed (with the problems); `false`, and no
+    /// trace, when nothing was noted.
+    fn trace(mut self, run: &mut Run<'_>, step: PipelineStep, since: Instant, detail: Option<String>) -> bool {
+        if self.plugins.is_empty() && self.problems.is_empty() {
+            return false;
+        }
+        self.plugins.dedup();
+        let (outcome, detail) = if self.problems.is_empty() {
+            (StepOutcome::Done, detail)
+        } else {
+            (StepOutcome::Failed, Some(self.problems.join("; ")))
+        };
+        run.trace(step, &self.plugins.join(", "), since, outcome, detail);
+        true
+    }
+}
+
+/// A successful answer.
+fn answered(r: &IntegrationResponse) -> bool {
+    r.success
+}
+
+/// A successful answer of `atomic_updates` that applied the change.
+fn applied(r: &IntegrationResponse) -> bool {
+    r.success && r.data["applied"] == json!(true)
+}
 
 /// Records the assignment: `pending -> assigned -> running` (refusing a task that is already
 /// elsewhere), the task's mapping and its workflow. `attempt` 0 is the first assignment.
 pub(super) async fn assign(run: &mut Run<'_>, entry: &Arc<AgentEntry>, attempt: u32) -> Result<(), TaskError> {
     let since = Instant::now();
     let task = run.task;
-    let mut plugins: Vec<String> = Vec::new();
-    let mut problems: Vec<String> = Vec::new();
-    if run.served("atomic_updates") {
-        let request = json!({"op": "transition", "task_id": task.id, "from": "pending", "to": "assigned"});
-        match run.call("atomic_updates", request).await {
-            Called::Answer(r) if r.success && r.data["applied"] == json!(true) => plugins.push(r.served_by),
-            Called::Answer(r) if r.success && attempt == 0 => {
-                let state = r.data["value"].as_str().unwrap_or("unknown").to_owned();
-                run.trace(
-                    PipelineStep::Assign,
-                    &r.served_by,
-                    since,
-                    StepOutcome::Failed,
-                    Some(format!("already {state}")),
-                );
-                return Err(TaskError::AlreadySubmitted {
-                    task: task.id.clone(),
-                    state,
-                });
-            }
-            Called::Answer(r) => problems.push(format!(
-                "atomic_updates: {}",
-                r.error
-                    .unwrap_or_else(|| format!("not applied, the task is {}", r.data["value"]))
-            )),
-            Called::Failed(e) => problems.push(format!("atomic_updates: {e}")),
-            Called::Absent => {}
+    let mut books = Books::default();
+    let request = json!({"op": "transition", "task_id": task.id, "from": "pending", "to": "assigned"});
+    match run.call("atomic_updates", request).await {
+        Called::Answer(r) if r.success && !applied(&r) && attempt == 0 => {
+            let state = r.data["value"].as_str().unwrap_or("unknown").to_owned();
+            run.trace(
+                PipelineStep::Assign,
+                &r.served_by,
+                since,
+                StepOutcome::Failed,
+                Some(format!("already {state}")),
+            );
+            return Err(TaskError::AlreadySubmitted {
+                task: task.id.clone(),
+                state,
+            });
         }
+        called => books.note("atomic_updates", called, applied),
     }
-    if run.served("atomic_updates") {
-        let request = json!({"op": "transition", "task_id": task.id, "from": "assigned", "to": "running"});
-        match run.call("atomic_updates", request).await {
-            Called::Answer(r) if r.success && r.data["applied"] == json!(true) => {}
-            Called::Answer(r) => problems.push(format!(
-                "atomic_updates: {}",
-                r.error
-                    .unwrap_or_else(|| format!("not applied, the task is {}", r.data["value"]))
-            )),
-            Called::Failed(e) => problems.push(format!("atomic_updates: {e}")),
-            Called::Absent => {}
-        }
-    }
-    if run.served("task_mapping") {
-        let request = json!({"op": "assign", "task_id": task.id, "agent_id": entry.id, "reassign": true});
-        match run.call("task_mapping", request).await {
-            Called::Answer(r) if r.success => plugins.push(r.served_by),
-            Called::Answer(r) => problems.push(format!("task_mapping: {}", r.error.unwrap_or_default())),
-            Called::Failed(e) => problems.push(format!("task_mapping: {e}")),
-            Called::Absent => {}
-        }
-    }
-    plugins.push("host".into());
-    let outcome = if problems.is_empty() {
-        StepOutcome::Done
-    } else {
-        StepOutcome::Failed
-    };
-    let detail = if problems.is_empty() {
-        Some(format!("to `{}`", entry.id))
-    } else {
-        Some(problems.join("; "))
-    };
-    plugins.dedup();
-    run.trace(PipelineStep::Assign, &plugins.join(", "), since, outcome, detail);
+    let request = json!({"op": "transition", "task_id": task.id, "from": "assigned", "to": "running"});
+    books.note("atomic_updates", run.call("atomic_updates", request).await, applied);
+    let request = json!({"op": "assign", "task_id": task.id, "agent_id": entry.id, "reassign": true});
+    books.note("task_mapping", run.call("task_mapping", request).await, answered);
+    books.plugins.push("host".into());
+    books.trace(run, PipelineStep::Assign, since, Some(format!("to `{}`", entry.id)));
     if task.workflow_id.is_some() {
         track(run, "assigned").await;
         track(run, "running").await;
@@ -92,51 +107,30 @@ pub(super) async fn assign(run: &mut Run<'_>, entry: &Arc<AgentEntry>, attempt: 
 pub(super) async fn record_attempt(run: &mut Run<'_>, entry: &Arc<AgentEntry>, success: bool, elapsed_ms: f64) {
     let since = Instant::now();
     let task = run.task;
-    let mut plugins: Vec<String> = Vec::new();
-    let mut problems: Vec<String> = Vec::new();
-    let calls = [
-        (
-            "adaptive_balancing",
-            json!({"op": "observe", "agent_id": entry.id, "latency_ms": elapsed_ms, "success": success}),
-        ),
-        (
-            "performance_learning",
-            json!({
-                "agent_id": entry.id,
-                "task": {"description": task.description, "required_capabilities": task.required_capabilities},
-                "success": success,
-                "duration_ms": elapsed_ms,
-            }),
-        ),
-    ];
-    for (capability, request) in calls {
-        match run.call(capability, request).await {
-            Called::Answer(r) if r.success => plugins.push(r.served_by),
-            Called::Answer(r) => problems.push(format!("{capability}: {}", r.error.unwrap_or_default())),
-            Called::Failed(e) => problems.push(format!("{capability}: {e}")),
-            Called::Absent => {}
-        }
-    }
-    if plugins.is_empty() && problems.is_empty() {
+    let mut books = Books::default();
+    let request = json!({"op": "observe", "agent_id": entry.id, "latency_ms": elapsed_ms, "success": success});
+    books.note(
+        "adaptive_balancing",
+        run.call("adaptive_balancing", request).await,
+        answered,
+    );
+    let request = json!({
+        "agent_id": entry.id,
+        "task": {"description": task.description, "required_capabilities": task.required_capabilities},
+        "success": success,
+        "duration_ms": elapsed_ms,
+    });
+    books.note(
+        "performance_learning",
+        run.call("performance_learning", request).await,
+        answered,
+    );
+    if !books.trace(run, PipelineStep::Record, since, None) {
         run.skipped(
             PipelineStep::Record,
             "neither `adaptive_balancing` nor `performance_learning` is served",
         );
-        return;
     }
-    plugins.dedup();
-    let outcome = if problems.is_empty() {
-        StepOutcome::Done
-    } else {
-        StepOutcome::Failed
-    };
-    run.trace(
-        PipelineStep::Record,
-        &plugins.join(", "),
-        since,
-        outcome,
-        (!problems.is_empty()).then(|| problems.join("; ")),
-    );
 }
 
 /// Before a retry: the task is handed back (`running -> pending`), and its workflow entry
@@ -173,46 +167,13 @@ pub(super) async fn finish(run: &mut Run<'_>, outcome: &Outcome, status: TaskSta
     let state = if succeeded { "done" } else { "failed" };
     if outcome.agent.is_some() {
         let since = Instant::now();
-        let mut plugins: Vec<String> = Vec::new();
-        let mut problems: Vec<String> = Vec::new();
+        let mut books = Books::default();
         let duration_ms = run.started.elapsed().as_millis() as u64;
-        let calls = [
-            (
-                "atomic_updates",
-                json!({"op": "transition", "task_id": task.id, "from": "running", "to": state}),
-            ),
-            (
-                "task_mapping",
-                json!({"op": "complete", "task_id": task.id, "success": succeeded, "duration_ms": duration_ms}),
-            ),
-        ];
-        for (capability, request) in calls {
-            match run.call(capability, request).await {
-                Called::Answer(r) if r.success => plugins.push(r.served_by),
-                Called::Answer(r) => problems.push(format!("{capability}: {}", r.error.unwrap_or_default())),
-                Called::Failed(e) => problems.push(format!("{capability}: {e}")),
-                Called::Absent => {}
-            }
-        }
-        if !(plugins.is_empty() && problems.is_empty()) {
-            plugins.dedup();
-            let outcome = if problems.is_empty() {
-                StepOutcome::Done
-            } else {
-                StepOutcome::Failed
-            };
-            run.trace(
-                PipelineStep::Record,
-                &plugins.join(", "),
-                since,
-                outcome,
-                Some(if problems.is_empty() {
-                    format!("the task is {state}")
-                } else {
-                    problems.join("; ")
-                }),
-            );
-        }
+        let request = json!({"op": "transition", "task_id": task.id, "from": "running", "to": state});
+        books.note("atomic_updates", run.call("atomic_updates", request).await, answered);
+        let request = json!({"op": "complete", "task_id": task.id, "success": succeeded, "duration_ms": duration_ms});
+        books.note("task_mapping", run.call("task_mapping", request).await, answered);
+        books.trace(run, PipelineStep::Record, since, Some(format!("the task is {state}")));
         if task.workflow_id.is_some() {
             track(run, state).await;
         } else {
