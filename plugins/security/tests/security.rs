@@ -2,6 +2,9 @@
 //! each bad input the contract lists, and on garbage; the audit log after a crash and after
 //! tampering. The keys under tests/keys were generated for these tests only.
 
+mod audit_support;
+
+use audit_support::orchestrator;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -48,15 +51,6 @@ fn config(audit: &Path) -> Value {
             "subjects": {"alice": ["operator"], "bob": ["viewer"]}
         }
     })
-}
-
-async fn orchestrator(config: Value) -> Result<Orchestrator, OrchestratorError> {
-    Orchestrator::builder()
-        .legacy_mode(false)
-        .plugin(SecurityIntegrationPlugin::default())
-        .configure("SecurityIntegrationPlugin", config)
-        .build()
-        .await
 }
 
 async fn call(orch: &Orchestrator, capability: &str, data: Value) -> Result<Value, OrchestratorError> {
