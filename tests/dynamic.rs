@@ -367,6 +367,21 @@ async fn a_new_build_at_a_loaded_path_is_what_gets_loaded() {
         PluginOrigin::StableAbi { path: path.clone() },
         "the user's path is reported"
     );
+    // Regression guard: each reload's copy used to stay in the temporary directory for good
+    // (18 GB of them filled a CI machine's disk); once mapped, the copy is deleted.
+    let copies = std::env::temp_dir().join(format!("orchestrator-plugins-{}", std::process::id()));
+    // Other tests in this process load other files; this test's copies end in `-plugin.so`.
+    let ours = format!("-plugin.{}", orchestrator::LIBRARY_EXTENSION);
+    let left: Vec<std::path::PathBuf> = std::fs::read_dir(&copies)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(&ours))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "copies left on disk: {left:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

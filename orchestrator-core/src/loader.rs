@@ -19,7 +19,10 @@
 //! The dynamic loader hands back the library it already has for a path it has seen, even if the
 //! file was replaced since. So the second and later loads of one path map a fresh copy of the
 //! file (in the temporary directory), which makes a hot swap to a new build at the same path
-//! run the new code. Replace a plugin file by renaming the new one over it, never by writing
+//! run the new code. The copy is deleted as soon as it is mapped (or found unloadable): the
+//! mapping outlives the file on Unix, so no copy is left on disk, however many loads a process
+//! makes. (Windows refuses to delete a mapped library; there the copy stays until the process
+//! ends and the temporary directory is cleaned.) Replace a plugin file by renaming the new one over it, never by writing
 //! into it: a library being rewritten while mapped can crash the process.
 
 use crate::c_abi::CAbiPlugin;
@@ -134,7 +137,21 @@ pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
         Err(e) => return Err(LoadError::NotFound { path, source: e }),
     }
     let load_path = loadable_copy(&path)?;
-    match lib_header_from_path(&load_path) {
+    let opened = open_mapped(path.clone(), &load_path);
+    if load_path != path {
+        // Mapped (or refused) by now: the copy on disk has done its work.
+        let _ = std::fs::remove_file(&load_path);
+        if let Some(dir) = load_path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    opened
+}
+
+/// Opens the library at `load_path` (the user's `path`, or a fresh copy of it) and builds its
+/// plugin; errors and the inspection name the user's `path`.
+fn open_mapped(path: PathBuf, load_path: &Path) -> Result<OpenedPlugin, LoadError> {
+    match lib_header_from_path(load_path) {
         Ok(header) => {
             let found = header.version_strings().version.as_str().to_owned();
             let expected = PluginModuleRef::VERSION_STRINGS.version.as_str();
@@ -165,7 +182,7 @@ pub fn open_plugin(path: &Path) -> Result<OpenedPlugin, LoadError> {
         }
         Err(LibraryError::GetSymbolError { .. }) => {
             // No stable-ABI header: the legacy C ABI, or nothing.
-            let plugin = CAbiPlugin::open(&load_path).map_err(|e| e.with_path(&path))?;
+            let plugin = CAbiPlugin::open(load_path).map_err(|e| e.with_path(&path))?;
             let inspection = PluginInspection {
                 path,
                 abi: PluginAbi::CAbi,
