@@ -8,21 +8,36 @@
 //!    `required_capabilities` entry.
 //! 2. **Score** = `similarity·w_s + learned·w_l + free·w_f` (defaults 0.3, 0.5, 0.2), where
 //!    - *similarity* is BM25 between the task's words and the agent's capability names (whole and
-//!      split at `_`), scaled so the best candidate has 1. An agent's history enters through
-//!      *learned*, per topic, not through similarity: indexing the words of the tasks an agent
-//!      completed turned similarity into a popularity signal that locked routing onto whichever
-//!      agent succeeded first (the learning test caught it);
-//!    - *learned* is a draw from the agent's posterior success rate for the task's *topic*,
-//!      Beta(successes + 1 + 4·similarity, failures + 1 + 4·(1 - similarity)): Thompson sampling
-//!      with a prior worth four observations that leans on similarity. A fresh fleet is routed
-//!      mostly by what the task says; an agent with little history is still tried now and then
-//!      (exploration), and a strong one hidden among similar agents is found, with no fixed
-//!      exploration rate to tune;
+//!      split at `_`), scaled so the best candidate has 1;
+//!    - *learned* is a draw from the agent's posterior probability of success on this task
+//!      (Thompson sampling), from a model that learns from outcomes which words go with which
+//!      agents' successes (below);
 //!    - *free* is `1 - load / capacity`.
 //!
-//! The **topic** of a task is its `topic` field when given, else its required capabilities
-//! (sorted, joined with `+`), else its rarest word that some agent's document contains, else
-//! `general`.
+//! # What is learned
+//!
+//! Each outcome (`performance_learning`) teaches a Bayesian probit regression over the task's
+//! *features*: its words (or its explicit `topic`, which then stands alone: the caller said
+//! which tasks are alike) and its required capabilities. It learns, per agent, a bias (how good
+//! it is overall) and a weight per word, and, shared by all agents that declare a capability, a
+//! weight per capability and word: one database agent's success on a "schema" task raises every
+//! database agent for the next task that says "schema", phrased however, including in words no
+//! agent declared. Beside it, the words of each capability's successful tasks are counted, and
+//! a task's words are scored for each capability by how much more often they appear in that
+//! capability's successes than in all (their affinity): noise words from other fields count
+//! for nothing, a field's own words for much. A fresh fleet is routed by what the task says
+//! (the text similarity is the model's prior); what agents then do soon outweighs it. Routing samples the weights from
+//! their posteriors, so an agent with little history is still tried now and then, with no
+//! exploration rate to tune.
+//!
+//! Drift: a weight's certainty fades as the rest of the fleet learns (back to its prior after
+//! `learning.forget_after` outcomes, default 500), so routing follows an agent that gets better
+//! or worse. Memory is bounded: at most `learning.max_features_per_agent` (256) word weights per
+//! agent and `learning.max_shared_features` (65,536) capability-word weights in all, the least
+//! informative replaced first; `agent_profiling` reports each agent's `model_bytes`.
+//!
+//! The model is state users keep: `performance_learning` with `"op": "export"` returns it as a
+//! JSON snapshot, and `"op": "import"` restores it (after a restart, or into another process).
 //!
 //! # Capabilities
 //!
@@ -31,48 +46,69 @@
 //!   "available_agents"?: [id], "ranking_len"?: 1..=10}` (absent: every registered agent; the
 //!   ranking's length, default 10: a caller that reads only the best few saves building the rest)
 //! - response: `{"selected_agent", "score", "topic", "ranking": [{"agent_id", "score",
-//!   "similarity", "learned", "free"}]}` (best first, at most `ranking_len`); `success: false` with the
-//!   reason when no candidate passes the filters.
+//!   "similarity", "learned", "free"}]}` (best first, at most `ranking_len`; `topic` is the task's
+//!   explicit topic, else its required capabilities joined by `+`, else null); `success: false`
+//!   with the reason when no candidate passes the filters.
 //!
 //! **`performance_learning`**
-//! - request: `{"agent_id", "task": {"description", "topic"?, "required_capabilities"?},
-//!   "success": bool, "duration_ms"?: number}`
-//! - response: `{"agent_id", "topic", "successes", "failures", "posterior_mean", "mean_duration_ms"}`
+//! - `{"op"?: "learn" (default), "agent_id", "task": {"description", "topic"?,
+//!   "required_capabilities"?}, "success": bool, "duration_ms"?: number}` -> `{"agent_id", "topic",
+//!   "features", "predicted_before", "posterior_mean", "successes", "failures",
+//!   "mean_duration_ms"}`: the predicted success of this agent on this task before and after the
+//!   outcome, and the agent's totals
+//! - `{"op": "export"}` -> `{"snapshot": {...}}`: everything learned (agents, their weights with
+//!   the words they belong to, the shared weights)
+//! - `{"op": "import", "snapshot": {...}}` -> `{"agents", "weights", "outcomes"}`: replaces what is
+//!   learned with the snapshot; a malformed or incompatible snapshot is refused and nothing changes
 //!
 //! **`agent_profiling`**
-//! - request: `{"agent_id"}`
-//! - response: `{"agent_id", "capabilities", "status", "load", "capacity", "topics": {topic:
-//!   {"successes", "failures", "posterior_mean"}}, "mean_duration_ms", "tasks_recorded"}`
+//! - request: `{"agent_id", "top"?: 1..=100 (default 20)}`
+//! - response: `{"agent_id", "capabilities", "status", "load", "capacity", "successes",
+//!   "failures", "bias": {...}, "topics": {feature: {"mean", "sd", "successes", "failures",
+//!   "posterior_mean"}}, "learned_features", "model_bytes", "mean_duration_ms",
+//!   "tasks_recorded"}`: the `top` features that most move this agent's success, either way (its
+//!   words, `topic:<t>`, `cap:<c>`, and `<capability>×<word>` for the shared weights), each with
+//!   its weight's posterior and the predicted success of a task that says only that
 //!
 //! # Configuration
 //!
-//! `{"weights": {"similarity", "learning", "load"}, "seed": u64}` (the seed makes the sampling
+//! `{"weights": {"similarity", "learning", "load"}, "seed": u64, "learning": {"forget_after",
+//! "max_features_per_agent", "max_shared_features"}}` (the seed makes the sampling
 //! reproducible). Unknown keys are refused.
 
 mod index;
+mod model;
 mod sampling;
 
 use index::{TextIndex, capability_terms, tokenize};
+use model::{Estimate, LearningConfig, Model, TaskFeatures, norm_cdf_fast, sampled_success};
 use plugin_api::prelude::*;
 use sampling::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// The plugin's name.
 pub const NAME: &str = "ContextAwareRoutingPlugin";
 const RANKING_LEN: usize = 10;
-/// How many pseudo-observations the similarity-based prior is worth.
-const PRIOR_WEIGHT: f64 = 4.0;
 /// At most this many candidates get a Thompson draw per routing (the rest cannot win, or are
 /// indistinguishable from those that do).
 const MAX_SAMPLED: usize = 64;
+/// Features listed per profile unless asked otherwise.
+const PROFILE_TOP: usize = 20;
 
-/// Agents' capabilities, with equal lists shared.
+/// An agent as routing needs it: its capabilities (equal lists shared) and its slot in the model.
+#[derive(Debug, Clone)]
+struct KnownAgent {
+    capabilities: Arc<[String]>,
+    slot: u32,
+}
+
+/// Agents' capabilities and model slots, with equal capability lists shared.
 #[derive(Debug, Default)]
 struct CapabilityCache {
-    by_agent: HashMap<String, Arc<[String]>>,
+    by_agent: HashMap<String, KnownAgent>,
     interned: HashMap<Vec<String>, Arc<[String]>>,
 }
 
@@ -81,11 +117,13 @@ struct Candidate<'a> {
     agent: &'a AgentLoad,
     sim: f64,
     free: f64,
-    /// The posterior's parameters for the task's topic, and three standard deviations.
-    a: f64,
-    b: f64,
-    spread: f64,
-    /// A draw from the posterior, or its mean when not drawn.
+    /// The latent score's posterior (mean, standard deviation).
+    mean: f64,
+    sd: f64,
+    /// The learned success if drawn at the pessimistic and optimistic ends (3 sd).
+    low: f64,
+    high: f64,
+    /// A draw of the learned success, or its posterior mean when not drawn.
     learned: f64,
     score: f64,
 }
@@ -115,19 +153,23 @@ struct RoutingConfig {
     weights: Option<Weights>,
     #[serde(default)]
     seed: Option<u64>,
+    #[serde(default)]
+    learning: Option<LearningConfig>,
 }
 
-#[derive(Debug, Default, Clone)]
-struct Profile {
-    topics: BTreeMap<String, (u32, u32)>,
-    duration_sum_ms: f64,
-    tasks: u64,
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     index: TextIndex,
-    profiles: HashMap<String, Profile>,
+    model: Model,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            index: TextIndex::default(),
+            model: Model::new(LearningConfig::default()),
+        }
+    }
 }
 
 /// The task part of a request.
@@ -135,6 +177,26 @@ struct TaskSpec {
     words: Vec<String>,
     required: Vec<String>,
     topic: Option<String>,
+}
+
+impl TaskSpec {
+    fn features(&self) -> TaskFeatures {
+        TaskFeatures::new(&self.words, self.topic.as_deref(), &self.required)
+    }
+
+    /// The explicit topic, else the required capabilities joined by `+`.
+    fn topic(&self) -> Option<String> {
+        if let Some(topic) = &self.topic {
+            return Some(topic.clone());
+        }
+        if self.required.is_empty() {
+            return None;
+        }
+        let mut caps = self.required.clone();
+        caps.sort();
+        caps.dedup();
+        Some(caps.join("+"))
+    }
 }
 
 fn parse_task(data: &Value, expected: &str) -> Result<TaskSpec, PluginError> {
@@ -172,6 +234,13 @@ fn string_list(value: Option<&Value>, field: &str) -> Result<Option<Vec<String>>
             "`{field}` must be a list of strings"
         ))),
     }
+}
+
+/// The similarity the model's prior uses, from a raw BM25 score: `1 - e^-bm25`, in [0, 1). The
+/// same in routing and in learning (a score relative to the best candidate would need the
+/// candidates, which learning does not have).
+fn prior_similarity(bm25: f64) -> f64 {
+    1.0 - (-bm25.max(0.0)).exp()
 }
 
 /// Context-aware routing with learning.
@@ -225,37 +294,17 @@ impl ContextAwareRoutingPlugin {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn topic_of(index: &TextIndex, task: &TaskSpec) -> String {
-        if let Some(topic) = &task.topic {
-            return topic.clone();
-        }
-        if !task.required.is_empty() {
-            let mut caps = task.required.clone();
-            caps.sort();
-            caps.dedup();
-            return caps.join("+");
-        }
-        task.words
-            .iter()
-            .filter_map(|w| index.idf(w).map(|idf| (w, idf)))
-            .max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.cmp(a.0)))
-            .map(|(w, _)| w.clone())
-            .unwrap_or_else(|| "general".to_owned())
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, CapabilityCache> {
+        self.capabilities.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An agent's capabilities, from the cache or (first sight) from the host, which also
-    /// indexes them. Capabilities are fixed at registration; the cache entry goes when the
-    /// agent is deregistered (see `on_event`). Equal capability lists share one allocation, so
-    /// that a routing call computes similarity once per distinct list.
-    fn capabilities_of(&self, host: &HostHandle, id: &str) -> Option<Arc<[String]>> {
-        if let Some(caps) = self
-            .capabilities
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_agent
-            .get(id)
-        {
-            return Some(Arc::clone(caps));
+    /// An agent's capabilities and model slot, from the cache or (first sight) from the host,
+    /// which also indexes them. Capabilities are fixed at registration; the cache entry goes
+    /// when the agent is deregistered (see `on_event`). Equal capability lists share one
+    /// allocation, so that a routing call computes similarity once per distinct list.
+    fn known_agent(&self, host: &HostHandle, id: &str) -> Option<KnownAgent> {
+        if let Some(known) = self.cache().by_agent.get(id) {
+            return Some(known.clone());
         }
         let info = host.agent(id)?;
         let mut state = self.write();
@@ -264,7 +313,9 @@ impl ContextAwareRoutingPlugin {
                 .index
                 .add(id, info.capabilities.iter().flat_map(|c| capability_terms(c)));
         }
-        drop(state);
+        let slot = state.model.slot_for(id);
+        // The cache is filled under the state lock, so that an import (which keeps slots)
+        // cannot come between the slot and its entry.
         let mut cache = self.capabilities.write().unwrap_or_else(|p| p.into_inner());
         let caps = match cache.interned.get(&info.capabilities) {
             Some(shared) => Arc::clone(shared),
@@ -274,8 +325,12 @@ impl ContextAwareRoutingPlugin {
                 shared
             }
         };
-        cache.by_agent.insert(id.to_owned(), Arc::clone(&caps));
-        Some(caps)
+        let known = KnownAgent {
+            capabilities: caps,
+            slot,
+        };
+        cache.by_agent.insert(id.to_owned(), known.clone());
+        Some(known)
     }
 
     fn route(&self, data: &Value) -> Result<IntegrationResponse, PluginError> {
@@ -297,12 +352,7 @@ impl ContextAwareRoutingPlugin {
         // A few candidates in a large fleet are looked up one by one; otherwise one read of
         // every agent's load is cheaper than a full snapshot of each candidate. (The fleet's
         // size is known well enough from the agents this plugin has seen.)
-        let fleet_seen = self
-            .capabilities
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_agent
-            .len();
+        let fleet_seen = self.cache().by_agent.len();
         let loads: Vec<AgentLoad> = match &wanted {
             Some(ids) if ids.len() <= 32 && fleet_seen > 8 * ids.len() => ids
                 .iter()
@@ -319,21 +369,21 @@ impl ContextAwareRoutingPlugin {
             None => host.agent_loads(),
         };
         // Capabilities for every candidate: one lock for the cached ones, the host for the rest.
-        let mut caps: Vec<Option<Arc<[String]>>> = {
-            let cache = self.capabilities.read().unwrap_or_else(|p| p.into_inner());
+        let mut known: Vec<Option<KnownAgent>> = {
+            let cache = self.cache();
             loads.iter().map(|a| cache.by_agent.get(&*a.id).cloned()).collect()
         };
-        for (slot, agent) in caps.iter_mut().zip(&loads) {
-            if slot.is_none() {
-                *slot = self.capabilities_of(host, &agent.id);
+        for (entry, agent) in known.iter_mut().zip(&loads) {
+            if entry.is_none() {
+                *entry = self.known_agent(host, &agent.id);
             }
         }
-        let eligible: Vec<(&AgentLoad, Arc<[String]>)> = loads
+        let eligible: Vec<(&AgentLoad, KnownAgent)> = loads
             .iter()
-            .zip(caps)
-            .filter_map(|(agent, caps)| Some((agent, caps?)))
-            .filter(|(agent, caps)| {
-                agent.status != AgentStatus::Offline && task.required.iter().all(|c| caps.contains(c))
+            .zip(known)
+            .filter_map(|(agent, known)| Some((agent, known?)))
+            .filter(|(agent, known)| {
+                agent.status != AgentStatus::Offline && task.required.iter().all(|c| known.capabilities.contains(c))
             })
             .collect();
         if eligible.is_empty() {
@@ -345,77 +395,83 @@ impl ContextAwareRoutingPlugin {
         }
 
         let weights = *self.weights.read().unwrap_or_else(|p| p.into_inner());
+        let features = task.features();
         let state = self.read();
-        let topic = Self::topic_of(&state.index, &task);
         let query = state.index.weigh(&task.words);
-        // Documents are made of capability names only, so equal lists score alike.
-        let mut memo: HashMap<usize, f64> = HashMap::new();
-        let similarity: Vec<f64> = eligible
+        let prepared = state.model.prepare(&features);
+        // Documents are made of capability names only, so equal lists score alike, and the
+        // shared capability-word weights are the same for them too: both once per list.
+        let mut memo: HashMap<usize, (f64, Estimate)> = HashMap::new();
+        let per_list: Vec<(f64, Estimate)> = eligible
             .iter()
-            .map(|(agent, caps)| {
-                let key = Arc::as_ptr(caps).cast::<u8>() as usize;
-                *memo.entry(key).or_insert_with(|| state.index.score(&agent.id, &query))
+            .map(|(agent, known)| {
+                let key = Arc::as_ptr(&known.capabilities).cast::<u8>() as usize;
+                *memo.entry(key).or_insert_with(|| {
+                    let mut shared = state.model.shared_part(&features, &known.capabilities);
+                    shared.mean += state.model.affinity(&features, &known.capabilities);
+                    (state.index.score(&agent.id, &query), shared)
+                })
             })
             .collect();
-        let best_similarity = similarity.iter().copied().fold(0.0, f64::max);
+        let best_similarity = per_list.iter().map(|(bm25, _)| *bm25).fold(0.0, f64::max);
         let mut candidates: Vec<Candidate<'_>> = eligible
             .iter()
-            .zip(similarity)
-            .map(|((agent, _), sim)| {
+            .zip(per_list)
+            .map(|((agent, known), (bm25, shared))| {
                 let sim = if best_similarity > 0.0 {
-                    sim / best_similarity
+                    bm25 / best_similarity
                 } else {
                     0.0
                 };
-                let (s, f) = state
-                    .profiles
-                    .get(&*agent.id)
-                    .and_then(|p| p.topics.get(&topic))
-                    .copied()
-                    .unwrap_or((0, 0));
-                // The prior leans on similarity, so a fresh fleet is routed by what the task
-                // says, while what agents then do soon outweighs it.
-                let a = f64::from(s) + 1.0 + PRIOR_WEIGHT * sim;
-                let b = f64::from(f) + 1.0 + PRIOR_WEIGHT * (1.0 - sim);
+                let estimate = prepared.estimate(Some(known.slot), shared, prior_similarity(bm25));
+                let sd = estimate.var.sqrt();
                 let free = 1.0 - (f64::from(agent.load) / f64::from(agent.capacity.max(1))).min(1.0);
-                let spread = 3.0 * (a * b / ((a + b).powi(2) * (a + b + 1.0))).sqrt();
                 Candidate {
                     agent,
                     sim,
                     free,
-                    a,
-                    b,
-                    spread,
-                    learned: a / (a + b),
+                    mean: estimate.mean,
+                    sd,
+                    low: sampled_success(estimate.mean - 3.0 * sd),
+                    high: sampled_success(estimate.mean + 3.0 * sd),
+                    learned: norm_cdf_fast(estimate.mean / (1.0 + estimate.var).sqrt()),
                     score: 0.0,
                 }
             })
             .collect();
+        drop(prepared);
         drop(state);
 
         // Thompson sampling, drawn only where it can matter: a candidate whose optimistic score
-        // (posterior mean + 3 sd) is below the best pessimistic one cannot win, and keeps its
-        // mean. Ties are broken at random so that exploration is spread over equals.
+        // (a draw 3 sd above the mean) is below the best pessimistic one cannot win, and keeps
+        // its posterior mean. Ties are broken at random so that exploration is spread over equals.
         let fixed = |c: &Candidate<'_>| weights.similarity * c.sim + weights.load * c.free;
         let threshold = candidates
             .iter()
-            .map(|c| fixed(c) + weights.learning * (c.learned - c.spread).max(0.0))
+            .map(|c| fixed(c) + weights.learning * c.low)
             .fold(f64::MIN, f64::max);
+        // The draws do not depend on the order the host lists agents in (which differs between
+        // processes): contenders are cut by a salted hash of their id on ties, and drawn for in
+        // id order, so that the same seed, model and calls give the same picks.
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let salt = rng.next_u64();
         let mut contenders: Vec<(f64, usize)> = candidates
             .iter()
             .enumerate()
-            .map(|(i, c)| (fixed(c) + weights.learning * (c.learned + c.spread).min(1.0), i))
+            .map(|(i, c)| (fixed(c) + weights.learning * c.high, i))
             .filter(|(optimistic, _)| *optimistic >= threshold)
-            .map(|(optimistic, i)| (optimistic + 1e-9 * rng.uniform(), i))
             .collect();
         if contenders.len() > MAX_SAMPLED {
-            contenders.select_nth_unstable_by(MAX_SAMPLED - 1, |x, y| y.0.total_cmp(&x.0));
+            let tie = |i: usize| model::feature_hash(&candidates[i].agent.id) ^ salt;
+            contenders.select_nth_unstable_by(MAX_SAMPLED - 1, |x, y| {
+                y.0.total_cmp(&x.0).then_with(|| tie(x.1).cmp(&tie(y.1)))
+            });
             contenders.truncate(MAX_SAMPLED);
         }
+        contenders.sort_unstable_by(|x, y| candidates[x.1].agent.id.cmp(&candidates[y.1].agent.id));
         for &(_, i) in &contenders {
             let c = &mut candidates[i];
-            c.learned = rng.beta(c.a, c.b);
+            c.learned = sampled_success(c.mean + c.sd * rng.normal());
         }
         drop(rng);
         for c in &mut candidates {
@@ -437,10 +493,40 @@ impl ContextAwareRoutingPlugin {
         let mut answer = json!({
             "selected_agent": &*candidates[0].agent.id,
             "score": candidates[0].score,
-            "topic": topic,
+            "topic": task.topic(),
         });
         answer["ranking"] = Value::Array(top);
         Ok(IntegrationResponse::ok(answer))
+    }
+
+    fn learning_op(&self, data: &Value) -> Result<Value, PluginError> {
+        match data.get("op") {
+            None | Some(Value::Null) => self.learn(data),
+            Some(Value::String(op)) if op == "learn" => self.learn(data),
+            Some(Value::String(op)) if op == "export" => {
+                let snapshot = self.read().model.export();
+                serde_json::to_value(snapshot)
+                    .map(|snapshot| json!({ "snapshot": snapshot }))
+                    .map_err(|e| PluginError::new(format!("{NAME}: the model did not serialize: {e}")))
+            }
+            Some(Value::String(op)) if op == "import" => self.import(data),
+            Some(other) => Err(PluginError::invalid_request(format!(
+                "`op` must be \"learn\" (the default), \"export\" or \"import\", found {other}"
+            ))),
+        }
+    }
+
+    fn import(&self, data: &Value) -> Result<Value, PluginError> {
+        let snapshot = data.get("snapshot").ok_or_else(|| {
+            PluginError::invalid_request(
+                "expected {\"op\": \"import\", \"snapshot\": {...}} (a snapshot from \"op\": \"export\")",
+            )
+        })?;
+        let snapshot = serde_json::from_value(snapshot.clone())
+            .map_err(|e| PluginError::invalid_request(format!("the snapshot is malformed: {e}")))?;
+        let mut state = self.write();
+        let (agents, weights) = state.model.import(snapshot).map_err(PluginError::invalid_request)?;
+        Ok(json!({"agents": agents, "weights": weights, "outcomes": state.model.tick()}))
     }
 
     fn learn(&self, data: &Value) -> Result<Value, PluginError> {
@@ -460,54 +546,67 @@ impl ContextAwareRoutingPlugin {
                 PluginError::invalid_request(format!("`duration_ms` must be a non-negative number; {EXPECTED}"))
             })?),
         };
-        if self.capabilities_of(self.host()?, agent).is_none() {
+        let Some(known) = self.known_agent(self.host()?, agent) else {
             return Err(PluginError::invalid_request(format!(
                 "no agent `{agent}` is registered"
             )));
-        }
+        };
+        let features = task.features();
         let mut state = self.write();
-        let topic = Self::topic_of(&state.index, &task);
-        let profile = state.profiles.entry(agent.to_owned()).or_default();
-        let counts = profile.topics.entry(topic.clone()).or_insert((0, 0));
-        if success {
-            counts.0 += 1;
-        } else {
-            counts.1 += 1;
-        }
-        let (s, f) = *counts;
-        if let Some(d) = duration {
-            profile.duration_sum_ms += d;
-            profile.tasks += 1;
-        }
-        let mean_duration = (profile.tasks > 0).then(|| profile.duration_sum_ms / profile.tasks as f64);
+        let bm25 = {
+            let query = state.index.weigh(&task.words);
+            state.index.score(agent, &query)
+        };
+        let learned = state.model.learn(
+            agent,
+            &known.capabilities,
+            &features,
+            prior_similarity(bm25),
+            success,
+            duration,
+        );
+        drop(state);
         Ok(json!({
             "agent_id": agent,
-            "topic": topic,
-            "successes": s,
-            "failures": f,
-            "posterior_mean": (f64::from(s) + 1.0) / (f64::from(s + f) + 2.0),
-            "mean_duration_ms": mean_duration,
+            "topic": task.topic(),
+            "features": features.words.len(),
+            "predicted_before": learned.before,
+            "posterior_mean": learned.after,
+            "successes": learned.successes,
+            "failures": learned.failures,
+            "mean_duration_ms": learned.mean_duration_ms,
         }))
     }
 
     fn profile(&self, data: &Value) -> Result<Value, PluginError> {
+        const EXPECTED: &str = "expected {\"agent_id\": string, \"top\"?: 1..=100}";
         let agent = data
             .get("agent_id")
             .and_then(Value::as_str)
-            .ok_or_else(|| PluginError::invalid_request("expected {\"agent_id\": string}"))?;
+            .ok_or_else(|| PluginError::invalid_request(EXPECTED))?;
+        let top = match data.get("top") {
+            None | Some(Value::Null) => PROFILE_TOP,
+            Some(n) => match n.as_u64() {
+                Some(n @ 1..=100) => n as usize,
+                _ => {
+                    return Err(PluginError::invalid_request(format!(
+                        "`top` must be an integer from 1 to 100; {EXPECTED}"
+                    )));
+                }
+            },
+        };
         let info = self
             .host()?
             .agent(agent)
             .ok_or_else(|| PluginError::invalid_request(format!("no agent `{agent}` is registered")))?;
-        let profile = self.read().profiles.get(agent).cloned().unwrap_or_default();
-        let topics: serde_json::Map<String, Value> = profile
-            .topics
+        let view = self.read().model.view(agent, &info.capabilities, top);
+        let topics: serde_json::Map<String, Value> = view
+            .features
             .iter()
-            .map(|(topic, (s, f))| {
-                let mean = (f64::from(*s) + 1.0) / (f64::from(s + f) + 2.0);
+            .map(|f| {
                 (
-                    topic.clone(),
-                    json!({"successes": s, "failures": f, "posterior_mean": mean}),
+                    f.feature.clone(),
+                    json!({"mean": f.mean, "sd": f.sd, "successes": f.successes, "failures": f.failures, "posterior_mean": f.posterior_mean}),
                 )
             })
             .collect();
@@ -517,9 +616,14 @@ impl ContextAwareRoutingPlugin {
             "status": info.status,
             "load": info.load,
             "capacity": info.capacity,
+            "successes": view.successes,
+            "failures": view.failures,
+            "bias": {"mean": view.bias.mean, "sd": view.bias.sd, "posterior_mean": view.bias.posterior_mean},
             "topics": topics,
-            "mean_duration_ms": (profile.tasks > 0).then(|| profile.duration_sum_ms / profile.tasks as f64),
-            "tasks_recorded": profile.tasks,
+            "learned_features": view.learned_features,
+            "model_bytes": view.model_bytes,
+            "mean_duration_ms": view.mean_duration_ms,
+            "tasks_recorded": view.tasks_recorded,
         }))
     }
 }
@@ -556,6 +660,22 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
         if let Some(seed) = config.seed {
             *self.rng.lock().unwrap_or_else(|p| p.into_inner()) = Rng::new(seed);
         }
+        if let Some(learning) = config.learning {
+            learning
+                .check()
+                .map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?;
+            let mut state = self.write();
+            if state.model.config() != learning {
+                state.model = Model::new(learning);
+                drop(state);
+                // Slots start again with the new model.
+                self.capabilities
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .by_agent
+                    .clear();
+            }
+        }
         let _ = self.host.set(host);
         Ok(())
     }
@@ -563,7 +683,7 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
     async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         match request.capability.as_str() {
             "semantic_routing" => self.route(&request.data),
-            "performance_learning" => self.learn(&request.data).map(IntegrationResponse::ok),
+            "performance_learning" => self.learning_op(&request.data).map(IntegrationResponse::ok),
             "agent_profiling" => self.profile(&request.data).map(IntegrationResponse::ok),
             other => Err(PluginError::invalid_request(format!(
                 "{NAME} does not serve `{other}` (it serves semantic_routing, agent_profiling, performance_learning)"
@@ -583,8 +703,8 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
         if let OrchestratorEvent::AgentDeregistered { agent_id } = event {
             let mut state = self.write();
             state.index.remove(agent_id);
-            state.profiles.remove(agent_id);
-            drop(state);
+            state.model.remove_agent(agent_id);
+            // Under the state lock, so that the slot and the cache entry go together.
             self.capabilities
                 .write()
                 .unwrap_or_else(|p| p.into_inner())

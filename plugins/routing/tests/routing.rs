@@ -135,14 +135,14 @@ async fn learning_finds_the_best_of_three_similar_agents() {
         "the best agent took only {best_picks_late} of the last 100 tasks"
     );
     let profile = call(&orch, "agent_profiling", json!({"agent_id": "ada"})).await;
-    let review = &profile["topics"]["review"];
+    let review = &profile["topics"]["topic:review"];
     assert!(review["posterior_mean"].as_f64() > Some(0.8), "{profile}");
     assert!(profile["tasks_recorded"].as_u64() > Some(100), "{profile}");
     assert_eq!(profile["capabilities"], json!(["code_review"]));
 }
 
 #[tokio::test]
-async fn learning_reports_the_updated_posterior_and_topic() {
+async fn learning_reports_the_prediction_before_and_after() {
     let orch = orchestrator(4).await;
     orch.register_agent(
         AgentConfig::default()
@@ -153,17 +153,30 @@ async fn learning_reports_the_updated_posterior_and_topic() {
     .expect("w");
     let first = call(&orch, "performance_learning", json!({"agent_id": "w", "task": {"description": "run the database migration"}, "success": true, "duration_ms": 40})).await;
     assert_eq!(
-        first["topic"], "database",
-        "the rarest word some agent's document has (ties alphabetical)"
+        first["topic"],
+        Value::Null,
+        "no explicit topic, no required capabilities"
+    );
+    assert_eq!(first["features"], 3, "run, database, migration");
+    assert!(
+        first["posterior_mean"].as_f64() > first["predicted_before"].as_f64(),
+        "a success raises the prediction: {first}"
     );
     assert_eq!(
         (first["successes"].as_u64(), first["failures"].as_u64()),
         (Some(1), Some(0))
     );
-    assert_eq!(first["posterior_mean"], 2.0 / 3.0);
     let second = call(&orch, "performance_learning", json!({"agent_id": "w", "task": {"description": "x", "required_capabilities": ["database_migration"]}, "success": false, "duration_ms": 60})).await;
     assert_eq!(second["topic"], "database_migration");
+    assert!(
+        second["posterior_mean"].as_f64() < second["predicted_before"].as_f64(),
+        "a failure lowers it: {second}"
+    );
     assert_eq!(second["mean_duration_ms"], 50.0);
+    assert_eq!(
+        (second["successes"].as_u64(), second["failures"].as_u64()),
+        (Some(1), Some(1))
+    );
 }
 
 #[tokio::test]
