@@ -9,7 +9,7 @@
 //!
 //! # Capabilities
 //!
-//! **`atomic_updates`**: versioned values with compare-and-set.
+//! **`atomic_updates`**: versioned values with compare-and-set, and shared logs.
 //! - `{"op": "get" (default), "key"}` -> `{"key", "value", "version"}` (`null` and 0 when absent)
 //! - `{"op": "cas", "key", "expected_version": u64, "value": any}` -> `{"key", "applied", "version",
 //!   "value"}`: written only if the version is still `expected_version` (0 creates the key);
@@ -23,6 +23,17 @@
 //!   `from` any more gives `applied: false` and its current state. The state is stored under the
 //!   key `task/<task_id>`, so `get` reads it; `cas` and `delete` refuse `task/` keys, so that every change of
 //!   a task's state keeps to the state machine.
+//! - `{"op": "append", "log", "entry": any}` -> `{"log", "seq"}`: adds `entry` to the shared log
+//!   `log` (named like a key). `seq` numbers a log's entries 1, 2, 3...: each append takes the
+//!   next one atomically, whichever process makes it (two appends at once get distinct,
+//!   consecutive seqs), and the log holds its entries in `seq` order. A log keeps its newest
+//!   `max_log_entries` entries; older ones are dropped by the append that goes over.
+//! - `{"op": "read_log", "log", "after"?: u64 (0), "limit"?: 1 to 1000 (100)}` -> `{"log",
+//!   "entries": [{"seq", "entry"}], "first_seq", "last_seq"}`: the entries with a `seq` above
+//!   `after`, oldest first, at most `limit`, read in one step with the log's bounds: `first_seq`
+//!   is the oldest `seq` still kept (0 when the log is empty), `last_seq` the newest (0 when
+//!   nothing was ever appended). Read on with `after` set to the last `seq` seen; when
+//!   `after + 1 < first_seq`, the entries in between were dropped before they were read.
 //!
 //! **`real_time_balancing`**: shared per-agent load counters.
 //! - `{"op": "pick" (default), "available_agents"?: [id], "acquire"?: bool}` -> `{"selected_agent",
@@ -51,8 +62,9 @@
 //!   `{"op": "dead_letters", "queue", "limit"? (100)}` -> `{"tasks": [{"id", "source_id", "task",
 //!   "deliveries", "last_consumer"}]}`; `{"op": "queue_stats", "queue"}` -> `{"length", "pending", "dead"}`.
 //!
-//! Malformed requests (a missing or mistyped field, an unknown `op`, a key over 512 bytes or with
-//! control characters, a value over `max_value_bytes`) are refused with
+//! Malformed requests (a missing or mistyped field, an unknown `op`, a key or log name over 512
+//! bytes or with control characters, a value or log entry over `max_value_bytes`, a `limit` out of
+//! range) are refused with
 //! `PluginError::invalid_request`, saying what was expected. While Redis is unreachable, calls fail
 //! with an error naming the URL: at once when the connection is refused, after `op_timeout_ms`
 //! when the server does not answer. They succeed again when it is back. A call that timed out
@@ -67,7 +79,9 @@
 //! url = "redis://127.0.0.1:6379"     # required for redis
 //! namespace = "orchestrator"         # every Redis key starts with it (default "orchestrator"; no `:`)
 //! op_timeout_ms = 1000               # bound on each Redis call (default 1000)
-//! max_value_bytes = 1048576          # largest value accepted, as JSON text (default 1 MiB)
+//! max_value_bytes = 1048576          # largest value or log entry accepted, as JSON text (default 1 MiB)
+//! max_log_entries = 100000           # each shared log keeps its newest N entries, older ones are
+//!                                    # dropped on append (default 100000; at least 1)
 //! finished_tasks_kept = 100000       # memory: the last N done or failed task states are kept
 //! finished_task_ttl_s = 86400        # redis: a done or failed task state expires after this
 //!                                    # (default one day; 0 never expires)
@@ -103,8 +117,8 @@ pub use memory::{DEFAULT_FINISHED_TASKS_KEPT, MemoryStore};
 pub use queue::{DeadTask, QueueOptions, QueueStats, QueuedTask, Taken, TaskQueue};
 pub use redis_store::{DEFAULT_FINISHED_TASK_TTL, DEFAULT_OP_TIMEOUT, RedisStore};
 pub use store::{
-    CasOutcome, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, StateStore, StoreError, TaskState, Versioned, WorkflowProgress,
-    WorkflowUpdate,
+    CasOutcome, DEFAULT_MAX_LOG_ENTRIES, DEFAULT_MAX_VALUE_BYTES, LogEntry, LogPage, MAX_KEY_BYTES, MAX_LOG_READ,
+    StateStore, StoreError, TaskState, Versioned, WorkflowProgress, WorkflowUpdate,
 };
 
 use plugin_api::fields::{self, Object};
@@ -142,6 +156,7 @@ struct SharedStateConfig {
     namespace: Option<String>,
     op_timeout_ms: Option<u64>,
     max_value_bytes: Option<usize>,
+    max_log_entries: Option<usize>,
     finished_tasks_kept: Option<usize>,
     finished_task_ttl_s: Option<u64>,
     #[serde(default)]
@@ -153,6 +168,7 @@ struct Shared {
     redis: Option<RedisStore>,
     host: HostHandle,
     max_value_bytes: usize,
+    max_log_entries: usize,
     queue: QueueOptions,
 }
 
@@ -208,6 +224,17 @@ fn string_list(data: &Object, field: &str, expected: &str) -> Result<Option<Vec<
     }
 }
 
+/// Refuses `value` (the request's `field`) when its JSON text is over `max_value_bytes`.
+fn check_size(field: &str, value: &Value, max_value_bytes: usize) -> Result<(), PluginError> {
+    let size = value.to_string().len();
+    if size > max_value_bytes {
+        return Err(PluginError::invalid_request(format!(
+            "`{field}` is {size} bytes of JSON, over the limit of {max_value_bytes} (max_value_bytes)"
+        )));
+    }
+    Ok(())
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or_else(|e| json!({"error": format!("cannot encode the answer: {e}")}))
 }
@@ -236,10 +263,11 @@ impl SharedStatePlugin {
     }
 
     async fn atomic_updates(shared: &Shared, data: &Value) -> Result<Value, PluginError> {
-        const EXPECTED: &str = "{\"op\": \"get\", \"key\"} or {\"op\": \"cas\", \"key\", \"expected_version\", \"value\"} or {\"op\": \"delete\", \"key\", \"expected_version\"} or {\"op\": \"transition\", \"task_id\", \"from\", \"to\"}";
+        const EXPECTED: &str = "{\"op\": \"get\", \"key\"} or {\"op\": \"cas\", \"key\", \"expected_version\", \"value\"} or {\"op\": \"delete\", \"key\", \"expected_version\"} or {\"op\": \"transition\", \"task_id\", \"from\", \"to\"} or {\"op\": \"append\", \"log\", \"entry\"} or {\"op\": \"read_log\", \"log\", \"after\"?: u64, \"limit\"?: 1 to 1000}";
         let empty = Object::new();
         let data = fields::object(data, &empty, EXPECTED)?;
-        match fields::op(data, &["get", "cas", "delete", "transition"], EXPECTED)? {
+        let ops = ["get", "cas", "delete", "transition", "append", "read_log"];
+        match fields::op(data, &ops, EXPECTED)? {
             "get" => {
                 let key = key_field(data, "key", EXPECTED)?;
                 let current = shared.store.get(key).await.map_err(store_error)?;
@@ -260,13 +288,7 @@ impl SharedStatePlugin {
                 let value = data
                     .get("value")
                     .ok_or_else(|| PluginError::invalid_request(format!("missing `value`; expected {EXPECTED}")))?;
-                let size = value.to_string().len();
-                if size > shared.max_value_bytes {
-                    return Err(PluginError::invalid_request(format!(
-                        "`value` is {size} bytes of JSON, over the limit of {} (max_value_bytes)",
-                        shared.max_value_bytes
-                    )));
-                }
+                check_size("value", value, shared.max_value_bytes)?;
                 let outcome = shared
                     .store
                     .compare_and_set(key, expected_version, value)
@@ -298,6 +320,34 @@ impl SharedStatePlugin {
                 Ok(
                     json!({"task_id": task_id, "applied": outcome.applied, "version": outcome.version, "value": outcome.value}),
                 )
+            }
+            "append" => {
+                let log = key_field(data, "log", EXPECTED)?;
+                let entry = data
+                    .get("entry")
+                    .ok_or_else(|| PluginError::invalid_request(format!("missing `entry`; expected {EXPECTED}")))?;
+                check_size("entry", entry, shared.max_value_bytes)?;
+                let seq = shared
+                    .store
+                    .append_log(log, entry, shared.max_log_entries)
+                    .await
+                    .map_err(store_error)?;
+                Ok(json!({"log": log, "seq": seq}))
+            }
+            "read_log" => {
+                let log = key_field(data, "log", EXPECTED)?;
+                let after = fields::opt_u64(data, "after", EXPECTED)?.unwrap_or(0);
+                let limit = fields::opt_u64(data, "limit", EXPECTED)?.unwrap_or(100);
+                let limit = usize::try_from(limit)
+                    .ok()
+                    .filter(|n| (1..=MAX_LOG_READ).contains(n))
+                    .ok_or_else(|| {
+                        PluginError::invalid_request(format!(
+                            "`limit` must be 1 to {MAX_LOG_READ}, not {limit}; expected {EXPECTED}"
+                        ))
+                    })?;
+                let page = shared.store.read_log(log, after, limit).await.map_err(store_error)?;
+                Ok(json!({"log": log, "entries": page.entries, "first_seq": page.first_seq, "last_seq": page.last_seq}))
             }
             other => Err(unknown_op(other, EXPECTED)),
         }
@@ -550,11 +600,18 @@ impl OrchestrationPlugin for SharedStatePlugin {
         if queue.max_deliveries == 0 {
             return Err(configuration("`queue.max_deliveries` must be at least 1".into()));
         }
+        let max_log_entries = config.max_log_entries.unwrap_or(DEFAULT_MAX_LOG_ENTRIES);
+        if max_log_entries == 0 {
+            return Err(configuration(
+                "`max_log_entries` must be at least 1 (each shared log keeps its newest N entries)".into(),
+            ));
+        }
         let shared = Shared {
             store,
             redis,
             host,
             max_value_bytes: config.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES),
+            max_log_entries,
             queue,
         };
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(shared));

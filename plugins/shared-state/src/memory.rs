@@ -1,10 +1,11 @@
 //! The in-memory backend: the embedded default, for one process.
 //!
 //! Values sit in a [`DashMap`], so a compare-and-set locks one shard for the length of a
-//! comparison and never waits on an unrelated key. Load counters and workflows sit behind one
-//! mutex each: a least-loaded pick reads several counters and bumps one, which must be one step,
-//! and these maps are small and touched briefly (no lock is held across an `.await`; there is
-//! none in this file).
+//! comparison and never waits on an unrelated key. Load counters, workflows and shared logs sit
+//! behind one mutex each: a least-loaded pick reads several counters and bumps one, an append
+//! numbers an entry and trims its log, which must each be one step, and these maps are touched
+//! briefly (no lock is held across an `.await`; there is none in this file). A shared log is a
+//! [`VecDeque`] of its newest entries and the last `seq` handed out.
 //!
 //! **Finished tasks are forgotten, oldest first.** A task's state stays while the task is
 //! pending, assigned or running; once it is `done` or `failed` it is kept among the last
@@ -12,7 +13,9 @@
 //! tasks for months does not hold every task it ever ran. A forgotten task reads as absent
 //! (`pending`), so its id could run again: ids are meant to be unique, and the pipeline's are.
 
-use crate::store::{CasOutcome, StateStore, StoreError, TaskState, Versioned, WorkflowProgress, WorkflowUpdate};
+use crate::store::{
+    CasOutcome, LogEntry, LogPage, StateStore, StoreError, TaskState, Versioned, WorkflowProgress, WorkflowUpdate,
+};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use serde_json::Value;
@@ -31,6 +34,14 @@ pub struct MemoryStore {
     finished_kept: usize,
     loads: Mutex<HashMap<String, u64>>,
     workflows: Mutex<HashMap<String, Vec<(String, TaskState)>>>,
+    logs: Mutex<HashMap<String, SharedLog>>,
+}
+
+/// A shared log: its newest entries, oldest first (consecutive `seq`s), and the last `seq` given.
+#[derive(Debug, Default)]
+struct SharedLog {
+    last_seq: u64,
+    entries: VecDeque<LogEntry>,
 }
 
 /// Locks `m`, taking the data as it is if a panicking thread poisoned it (every update here is
@@ -67,6 +78,7 @@ impl MemoryStore {
             finished_kept: kept.max(1),
             loads: Mutex::default(),
             workflows: Mutex::default(),
+            logs: Mutex::default(),
         }
     }
 
@@ -282,5 +294,40 @@ impl StateStore for MemoryStore {
             .get(workflow_id)
             .ok_or_else(|| StoreError::NotFound(format!("no workflow `{workflow_id}`: define it first")))?;
         WorkflowProgress::from_states(workflow_id, tasks.iter().map(|(_, s)| s.as_str()))
+    }
+
+    async fn append_log(&self, log: &str, entry: &Value, keep: usize) -> Result<u64, StoreError> {
+        let entry = entry.clone();
+        let mut logs = lock(&self.logs);
+        let log = logs.entry(log.to_owned()).or_default();
+        log.last_seq += 1;
+        log.entries.push_back(LogEntry {
+            seq: log.last_seq,
+            entry,
+        });
+        let excess = log.entries.len().saturating_sub(keep.max(1));
+        log.entries.drain(..excess);
+        Ok(log.last_seq)
+    }
+
+    async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
+        let logs = lock(&self.logs);
+        let Some(log) = logs.get(log) else {
+            return Ok(LogPage {
+                entries: Vec::new(),
+                first_seq: 0,
+                last_seq: 0,
+            });
+        };
+        let first_seq = log.entries.front().map_or(0, |e| e.seq);
+        // The entries hold consecutive seqs from `first_seq`: skip those up to `after`.
+        let skip = usize::try_from(after.saturating_add(1).saturating_sub(first_seq))
+            .unwrap_or(usize::MAX)
+            .min(log.entries.len());
+        Ok(LogPage {
+            entries: log.entries.range(skip..).take(limit).cloned().collect(),
+            first_seq,
+            last_seq: log.last_seq,
+        })
     }
 }

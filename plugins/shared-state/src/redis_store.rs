@@ -17,10 +17,14 @@
 //! | `ns:load` | hash | agent id -> load |
 //! | `ns:wf:<id>` | hash | task id -> state, one per workflow |
 //! | `ns:queue:<name>`, `ns:queue:<name>:dead` | streams | the task queue and its dead letters |
+//! | `ns:log:<name>` | list | a shared log's newest entries, oldest first, each `<seq> <JSON>` |
+//! | `ns:logseq:<name>` | string | the last `seq` handed out in that log |
 
 use crate::io::IoRuntime;
 use crate::queue::{QueueOptions, TaskQueue};
-use crate::store::{CasOutcome, StateStore, StoreError, TaskState, Versioned, WorkflowProgress, WorkflowUpdate};
+use crate::store::{
+    CasOutcome, LogEntry, LogPage, StateStore, StoreError, TaskState, Versioned, WorkflowProgress, WorkflowUpdate,
+};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError, Script};
@@ -146,6 +150,45 @@ return out
     )
 });
 
+/// Appends to a shared log: KEYS[1] the list, KEYS[2] its counter; ARGV[1] the entry's JSON,
+/// ARGV[2] the negated number of entries to keep (the LTRIM start). `%d`: a plain concatenation
+/// would write large numbers as `1e+15`.
+static APPEND_LOG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local seq = redis.call('INCR', KEYS[2])
+redis.call('RPUSH', KEYS[1], string.format('%d', seq) .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[1], ARGV[2], -1)
+return seq
+",
+    )
+});
+
+/// Reads a shared log: KEYS as for `APPEND_LOG`; ARGV[1] `after`, ARGV[2] `limit`. The list
+/// holds the consecutive seqs `last - len + 1 ..= last`, so the entry after `after` is at index
+/// `after + 1 - first`. Returns `{first, last, {entry...}}`.
+static READ_LOG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if not last then return redis.error_reply('the sequence counter of a shared log is not a number') end
+local len = redis.call('LLEN', KEYS[1])
+local first = 0
+if len > 0 then first = last - len + 1 end
+local start = tonumber(ARGV[1]) + 1 - first
+if start < 0 then start = 0 end
+local limit = tonumber(ARGV[2])
+local out = {}
+if len > 0 and limit > 0 and start < len then
+  local stop = start + limit - 1
+  if stop >= len then stop = len - 1 end
+  out = redis.call('LRANGE', KEYS[1], start, stop)
+end
+return {first, last, out}
+",
+    )
+});
+
 /// The URL with any password replaced by `***`, for messages.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -226,6 +269,18 @@ fn stored_progress<'a>(
 
 fn parse_json(text: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("a stored value is not JSON ({e})")))
+}
+
+/// One stored log entry, `<seq> <JSON>`.
+fn stored_log_entry(text: &str) -> Result<LogEntry, StoreError> {
+    let (seq, entry) = text
+        .split_once(' ')
+        .and_then(|(seq, entry)| Some((seq.parse().ok()?, entry)))
+        .ok_or_else(|| StoreError::Backend("a stored log entry is not `<seq> <JSON>`".to_owned()))?;
+    Ok(LogEntry {
+        seq,
+        entry: parse_json(entry)?,
+    })
 }
 
 fn cas_outcome((applied, version, value): (i64, u64, String)) -> Result<CasOutcome, StoreError> {
@@ -565,6 +620,50 @@ impl StateStore for RedisStore {
             )));
         }
         stored_progress(workflow_id, states.iter().map(String::as_str))
+    }
+
+    async fn append_log(&self, log: &str, entry: &Value, keep: usize) -> Result<u64, StoreError> {
+        // LTRIM takes a signed 64-bit index.
+        let keep = u64::try_from(keep)
+            .unwrap_or(u64::MAX)
+            .clamp(1, i64::MAX.unsigned_abs());
+        self.script(
+            &APPEND_LOG,
+            vec![self.shared.key("log", log), self.shared.key("logseq", log)],
+            vec![entry.to_string(), format!("-{keep}")],
+        )
+        .await
+    }
+
+    async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
+        let (first_seq, last_seq, stored): (u64, u64, Vec<String>) = self
+            .script(
+                &READ_LOG,
+                vec![self.shared.key("log", log), self.shared.key("logseq", log)],
+                vec![after.to_string(), limit.to_string()],
+            )
+            .await?;
+        let entries = stored
+            .iter()
+            .map(|text| stored_log_entry(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Entries numbered out of line (a list or counter written by someone else) would break
+        // the promise to readers: consecutive seqs after `after`, within the bounds.
+        let mut expected = after.max(first_seq.saturating_sub(1));
+        for entry in &entries {
+            expected += 1;
+            if entry.seq != expected || entry.seq > last_seq {
+                return Err(StoreError::Backend(format!(
+                    "shared log `{log}` is inconsistent: entry {} where {expected} was expected (last {last_seq})",
+                    entry.seq
+                )));
+            }
+        }
+        Ok(LogPage {
+            entries,
+            first_seq,
+            last_seq,
+        })
     }
 }
 

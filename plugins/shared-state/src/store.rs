@@ -4,7 +4,8 @@
 //! (one process, the default) and [`RedisStore`](crate::RedisStore) (every process that points at
 //! the same Redis and namespace). Each operation is atomic on its own: a compare-and-set, a state
 //! transition, a counter change, a least-loaded pick with its acquire, a workflow update with its
-//! completion check. Nothing here is read-then-write across two calls; a caller that needs more
+//! completion check, an append to a shared log with its sequence number and trimming, a read of
+//! a log with its bounds. Nothing here is read-then-write across two calls; a caller that needs more
 //! than one step builds it from compare-and-set and retries on a conflict.
 //!
 //! The rules that both backends share (key and value limits, the task state machine, workflow
@@ -22,6 +23,12 @@ pub const MAX_KEY_BYTES: usize = 512;
 
 /// The largest value accepted by default, in bytes of its JSON text (1 MiB).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// How many entries a shared log keeps by default (the newest ones).
+pub const DEFAULT_MAX_LOG_ENTRIES: usize = 100_000;
+
+/// The most entries one read of a shared log returns.
+pub const MAX_LOG_READ: usize = 1_000;
 
 /// A value with the version it was written at. Version 0 and a `null` value mean "absent".
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -193,6 +200,41 @@ pub struct WorkflowUpdate {
     pub completed_now: bool,
 }
 
+/// One entry of a shared log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogEntry {
+    /// Its place in the log: 1 for the log's first entry, one more for each append after it.
+    pub seq: u64,
+    /// What was appended.
+    pub entry: Value,
+}
+
+/// Entries of a shared log, with the log's bounds, all read in one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogPage {
+    /// The entries asked for, in `seq` order (consecutive numbers).
+    pub entries: Vec<LogEntry>,
+    /// The oldest `seq` the log still keeps (0 when it holds nothing).
+    pub first_seq: u64,
+    /// The newest `seq` appended (0 when nothing ever was).
+    pub last_seq: u64,
+}
+
+impl LogPage {
+    /// How many entries after `after` were dropped (the log keeps only its newest entries)
+    /// before this read could return them: 0 when the page follows on from `after`.
+    ///
+    /// ```
+    /// use plugin_shared_state::LogPage;
+    /// let page = LogPage { entries: Vec::new(), first_seq: 8, last_seq: 10 };
+    /// assert_eq!(page.missed(2), 5); // seqs 3 to 7 are gone
+    /// assert_eq!(page.missed(7), 0);
+    /// ```
+    pub fn missed(&self, after: u64) -> u64 {
+        self.first_seq.saturating_sub(after.saturating_add(1))
+    }
+}
+
 /// What went wrong in a store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -302,6 +344,16 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// A workflow's progress.
     async fn workflow_progress(&self, workflow_id: &str) -> Result<WorkflowProgress, StoreError>;
+
+    /// Appends `entry` to the shared log `log` and returns its `seq`: 1 for the log's first
+    /// entry, then one more for each append, whoever makes it (two appends at once get distinct,
+    /// consecutive numbers, and the log holds its entries in `seq` order). In the same step the
+    /// log drops its oldest entries beyond the newest `keep` (at least 1 is kept).
+    async fn append_log(&self, log: &str, entry: &Value, keep: usize) -> Result<u64, StoreError>;
+
+    /// The entries of `log` with a `seq` above `after`, oldest first, at most `limit`, and the
+    /// log's bounds, read in one step (an unknown log is empty, its bounds 0).
+    async fn read_log(&self, log: &str, after: u64, limit: usize) -> Result<LogPage, StoreError>;
 }
 
 #[cfg(test)]

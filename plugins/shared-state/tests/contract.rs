@@ -1,11 +1,17 @@
 //! The `StateStore` contract, run against both backends (memory, and a real `redis-server` on a
 //! loopback port), and what only Redis can show: several OS processes racing for the same keys,
 //! the read-then-write race the scripts exist to prevent, and Redis going away and coming back.
+//! The shared logs (`append`, `read_log`) also run through the plugin, two instances sharing one
+//! backend, and through several OS processes appending to one log on Redis.
 
 mod common;
 
 use common::RedisServer;
-use plugin_shared_state::{MemoryStore, RedisStore, StateStore, StoreError, TaskState};
+use orchestrator_core::{DispatchError, Orchestrator, OrchestratorError};
+use plugin_api::IntegrationRequest;
+use plugin_shared_state::{
+    LogEntry, LogPage, MemoryStore, RedisStore, SharedStatePlugin, StateStore, StoreError, TaskState,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -617,12 +623,23 @@ async fn foreign_data_under_the_namespace_gives_errors_not_panics() {
             .command(&["HSET", "foreign:wf:w", "a", "sideways"])
             .starts_with(':')
     );
+    // A log whose entry is not `<seq> <JSON>`, and one whose counter is not a number.
+    assert!(server.command(&["RPUSH", "foreign:log:bad", "oops"]).starts_with(':'));
+    assert!(server.command(&["SET", "foreign:logseq:bad", "1"]).starts_with("+OK"));
+    assert!(
+        server
+            .command(&["SET", "foreign:logseq:nan", "many"])
+            .starts_with("+OK")
+    );
     for result in [
         store.get("string").await.map(drop),
         store.compare_and_set("string", 0, &json!(1)).await.map(drop),
         store.get("notjson").await.map(drop),
         store.workflow_progress("w").await.map(drop),
         store.update_workflow("w", "a", TaskState::Assigned).await.map(drop),
+        store.read_log("bad", 0, 10).await.map(drop),
+        store.read_log("nan", 0, 10).await.map(drop),
+        store.append_log("nan", &json!(1), 10).await.map(drop),
     ] {
         let err = result.expect_err("refused");
         assert!(
@@ -817,4 +834,479 @@ async fn updates_acknowledged_before_a_writer_is_killed_are_all_present() {
         assert!(value >= last_value, "run {run}: went back from {last_value} to {value}");
         last_value = value;
     }
+}
+
+// ----- shared logs ------------------------------------------------------------------------------
+
+fn entries(seqs: impl IntoIterator<Item = u64>, entry: impl Fn(u64) -> Value) -> Vec<LogEntry> {
+    seqs.into_iter()
+        .map(|seq| LogEntry { seq, entry: entry(seq) })
+        .collect()
+}
+
+/// What every backend's shared logs must do alike. `stores` are two handles on one backend (the
+/// same memory store twice, or two Redis stores with their own connections, as two processes
+/// would have).
+async fn log_contract(stores: [Arc<dyn StateStore>; 2]) {
+    let store = &stores[0];
+
+    // A log never appended to is empty, its bounds 0.
+    let empty = store.read_log("events", 0, 100).await.expect("reads");
+    assert_eq!(
+        empty,
+        LogPage {
+            entries: Vec::new(),
+            first_seq: 0,
+            last_seq: 0
+        }
+    );
+
+    // Seqs are 1, 2, 3... and the entries come back in that order.
+    for i in 1..=5_u64 {
+        let seq = store
+            .append_log("events", &json!({"n": i}), 100)
+            .await
+            .expect("appends");
+        assert_eq!(seq, i);
+    }
+    let all = store.read_log("events", 0, 100).await.expect("reads");
+    assert_eq!((all.first_seq, all.last_seq), (1, 5));
+    assert_eq!(all.entries, entries(1..=5, |i| json!({"n": i})));
+
+    // Any JSON comes back as it went in; every log has its own seqs.
+    let kinds = [
+        json!(null),
+        json!("text with spaces and a \n newline"),
+        json!([1, {"a": null}]),
+        json!(-3.5),
+        json!(true),
+        json!({"nested": {"deep": [1, 2, 3]}, "unicode": "héllo ☃"}),
+    ];
+    for (i, kind) in kinds.iter().enumerate() {
+        assert_eq!(
+            store.append_log("kinds", kind, 100).await.expect("appends"),
+            i as u64 + 1
+        );
+    }
+    let read = store.read_log("kinds", 0, 100).await.expect("reads");
+    assert_eq!(read.entries, entries(1..=6, |i| kinds[i as usize - 1].clone()));
+    assert_eq!(store.read_log("events", 0, 100).await.expect("reads").last_seq, 5);
+
+    // Paging with `after` and `limit`.
+    let page = store.read_log("events", 1, 2).await.expect("reads");
+    assert_eq!(page.entries, entries(2..=3, |i| json!({"n": i})));
+    assert_eq!((page.first_seq, page.last_seq), (1, 5));
+    let page = store.read_log("events", 3, 100).await.expect("reads");
+    assert_eq!(page.entries, entries(4..=5, |i| json!({"n": i})));
+    for after in [5, 6, 1_000, u64::MAX] {
+        let page = store.read_log("events", after, 100).await.expect("reads");
+        assert!(page.entries.is_empty(), "after {after}: {page:?}");
+        assert_eq!((page.first_seq, page.last_seq), (1, 5), "after {after}");
+    }
+    assert!(
+        store.read_log("events", 0, 0).await.expect("reads").entries.is_empty(),
+        "limit 0 returns nothing, not everything"
+    );
+    let mut after = 0;
+    let mut paged = Vec::new();
+    loop {
+        let page = store.read_log("events", after, 2).await.expect("reads");
+        assert!(page.entries.len() <= 2);
+        let Some(last) = page.entries.last() else { break };
+        after = last.seq;
+        paged.extend(page.entries);
+    }
+    assert_eq!(paged, entries(1..=5, |i| json!({"n": i})), "pages cover the log once");
+
+    // Trimming: the log keeps its newest `keep` entries, and first_seq says where it starts.
+    for i in 1..=10_u64 {
+        assert_eq!(store.append_log("small", &json!(i), 3).await.expect("appends"), i);
+        let page = store.read_log("small", 0, 100).await.expect("reads");
+        let first = i.saturating_sub(2).max(1);
+        assert_eq!((page.first_seq, page.last_seq), (first, i), "after append {i}");
+        assert_eq!(page.entries, entries(first..=i, |n| json!(n)), "after append {i}");
+    }
+    let page = store.read_log("small", 2, 100).await.expect("reads");
+    assert_eq!(page.entries, entries(8..=10, |n| json!(n)));
+    assert_eq!(page.first_seq, 8);
+    assert!(2 + 1 < page.first_seq, "the reader at 2 can tell it missed entries");
+    assert_eq!(page.missed(2), 5, "seqs 3 to 7 were dropped");
+    let page = store.read_log("small", 8, 1).await.expect("reads");
+    assert_eq!(page.entries, entries(9..=9, |n| json!(n)));
+    assert_eq!(page.missed(8), 0);
+    // A smaller bound trims further on the next append; the seqs go on.
+    assert_eq!(store.append_log("small", &json!(11), 2).await.expect("appends"), 11);
+    let page = store.read_log("small", 0, 100).await.expect("reads");
+    assert_eq!((page.first_seq, page.last_seq), (10, 11));
+    assert_eq!(page.entries, entries(10..=11, |n| json!(n)));
+    // Keeping a single entry.
+    assert_eq!(store.append_log("one", &json!("a"), 1).await.expect("appends"), 1);
+    assert_eq!(store.append_log("one", &json!("b"), 1).await.expect("appends"), 2);
+    let page = store.read_log("one", 0, 100).await.expect("reads");
+    assert_eq!((page.first_seq, page.last_seq), (2, 2));
+    assert_eq!(page.entries, entries(2..=2, |_| json!("b")));
+
+    // Concurrent appends, 8 tasks x 200, half through each handle: every seq exactly once, no
+    // gaps, and the log holds each entry at the seq its append returned.
+    const TASKS: usize = 8;
+    const APPENDS: usize = 200;
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let store = Arc::clone(&stores[t % 2]);
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::with_capacity(APPENDS);
+            for i in 0..APPENDS {
+                seqs.push(
+                    store
+                        .append_log("busy", &json!({"t": t, "i": i}), 100_000)
+                        .await
+                        .expect("appends"),
+                );
+            }
+            seqs
+        }));
+    }
+    let mut by_task = Vec::new();
+    for h in handles {
+        by_task.push(h.await.expect("joins"));
+    }
+    let mut all: Vec<u64> = by_task.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let total = (TASKS * APPENDS) as u64;
+    assert_eq!(all, (1..=total).collect::<Vec<_>>(), "every seq exactly once");
+    for seqs in &by_task {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one task's appends in order");
+    }
+    let mut read = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = stores[1].read_log("busy", after, 1_000).await.expect("reads");
+        assert_eq!((page.first_seq, page.last_seq), (1, total));
+        let Some(last) = page.entries.last() else { break };
+        after = last.seq;
+        read.extend(page.entries);
+    }
+    assert_eq!(read.len(), TASKS * APPENDS);
+    for (k, e) in read.iter().enumerate() {
+        assert_eq!(e.seq, k as u64 + 1, "in seq order");
+        let (t, i) = (e.entry["t"].as_u64().expect("t"), e.entry["i"].as_u64().expect("i"));
+        assert_eq!(by_task[t as usize][i as usize], e.seq, "{e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_memory_backend_keeps_the_log_contract() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    log_contract([Arc::clone(&store), store]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_backend_keeps_the_log_contract() {
+    let Some(server) = RedisServer::start() else { return };
+    let ns = namespace();
+    let first = RedisStore::open(&server.url(), &ns).expect("opens");
+    let second = RedisStore::open(&server.url(), &ns).expect("opens");
+    log_contract([Arc::new(first), Arc::new(second)]).await;
+    // Under the namespace: the entries and the counter.
+    assert!(server.command(&["LLEN", &format!("{ns}:log:events")]).starts_with(":5"));
+    assert!(server.command(&["GET", &format!("{ns}:logseq:busy")]).contains("1600"));
+}
+
+async fn plugin_call(orch: &Orchestrator, data: Value) -> Value {
+    let response = orch
+        .execute(IntegrationRequest::new("atomic_updates", data.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{data}: {e}"));
+    assert!(response.success, "{data}: {response:?}");
+    assert_eq!(response.served_by, "SharedStatePlugin");
+    response.data
+}
+
+async fn plugin_refusal(orch: &Orchestrator, data: Value) -> String {
+    match orch
+        .execute(IntegrationRequest::new("atomic_updates", data.clone()))
+        .await
+    {
+        Err(OrchestratorError::Dispatch(DispatchError::InvalidRequest { message, .. })) => message,
+        other => panic!("{data}: expected an invalid-request error, got {other:?}"),
+    }
+}
+
+/// The `append` and `read_log` ops through two plugins sharing one backend (two orchestrators,
+/// as two processes would run them), configured with `max_log_entries = 4` and
+/// `max_value_bytes = 256`.
+async fn log_ops(first: &Orchestrator, second: &Orchestrator) {
+    let appended = plugin_call(
+        first,
+        json!({"op": "append", "log": "routing", "entry": {"agent": "a", "ok": true}}),
+    )
+    .await;
+    assert_eq!(appended, json!({"log": "routing", "seq": 1}));
+    let appended = plugin_call(
+        second,
+        json!({"op": "append", "log": "routing", "entry": {"agent": "b", "ok": false}}),
+    )
+    .await;
+    assert_eq!(appended, json!({"log": "routing", "seq": 2}));
+    let read = plugin_call(first, json!({"op": "read_log", "log": "routing"})).await;
+    assert_eq!(
+        read,
+        json!({"log": "routing", "entries": [
+            {"seq": 1, "entry": {"agent": "a", "ok": true}},
+            {"seq": 2, "entry": {"agent": "b", "ok": false}},
+        ], "first_seq": 1, "last_seq": 2})
+    );
+    let read = plugin_call(
+        second,
+        json!({"op": "read_log", "log": "routing", "after": 1, "limit": 1}),
+    )
+    .await;
+    assert_eq!(
+        read,
+        json!({"log": "routing", "entries": [{"seq": 2, "entry": {"agent": "b", "ok": false}}],
+               "first_seq": 1, "last_seq": 2})
+    );
+    for limit in [1, 1_000] {
+        let read = plugin_call(first, json!({"op": "read_log", "log": "routing", "limit": limit})).await;
+        assert_eq!(read["entries"].as_array().map(Vec::len), Some(limit.min(2)));
+    }
+    let nothing = plugin_call(second, json!({"op": "read_log", "log": "nothing", "after": 7})).await;
+    assert_eq!(
+        nothing,
+        json!({"log": "nothing", "entries": [], "first_seq": 0, "last_seq": 0})
+    );
+
+    // max_log_entries = 4: after 7 appends the log holds 4..=7.
+    for n in 3..=7 {
+        let appended = plugin_call(first, json!({"op": "append", "log": "routing", "entry": n})).await;
+        assert_eq!(appended["seq"], json!(n));
+    }
+    let read = plugin_call(second, json!({"op": "read_log", "log": "routing", "after": 1})).await;
+    assert_eq!(
+        read,
+        json!({"log": "routing", "entries": [
+            {"seq": 4, "entry": 4}, {"seq": 5, "entry": 5}, {"seq": 6, "entry": 6}, {"seq": 7, "entry": 7},
+        ], "first_seq": 4, "last_seq": 7})
+    );
+
+    // Bad input, refused saying what is expected; none of it takes a seq.
+    let long = "x".repeat(600);
+    let big = "x".repeat(300);
+    let cases = [
+        (json!({"op": "append", "entry": 1}), "`log`"),
+        (json!({"op": "append", "log": "", "entry": 1}), "`log`"),
+        (json!({"op": "append", "log": 42, "entry": 1}), "`log`"),
+        (json!({"op": "append", "log": long, "entry": 1}), "`log`"),
+        (json!({"op": "append", "log": "a\u{1}b", "entry": 1}), "`log`"),
+        (json!({"op": "append", "log": "routing"}), "`entry`"),
+        (
+            json!({"op": "append", "log": "routing", "entry": big}),
+            "max_value_bytes",
+        ),
+        (json!({"op": "read_log"}), "`log`"),
+        (json!({"op": "read_log", "log": null}), "`log`"),
+        (json!({"op": "read_log", "log": "routing", "after": "3"}), "`after`"),
+        (json!({"op": "read_log", "log": "routing", "after": -1}), "`after`"),
+        (json!({"op": "read_log", "log": "routing", "after": 1.5}), "`after`"),
+        (
+            json!({"op": "read_log", "log": "routing", "limit": 0}),
+            "`limit` must be 1 to 1000",
+        ),
+        (
+            json!({"op": "read_log", "log": "routing", "limit": 1_001}),
+            "`limit` must be 1 to 1000",
+        ),
+        (json!({"op": "read_log", "log": "routing", "limit": "10"}), "`limit`"),
+        (json!({"op": "read_log", "log": "routing", "limit": -5}), "`limit`"),
+        (json!({"op": "read_logs", "log": "routing"}), "read_log"),
+    ];
+    for (data, says) in cases {
+        let message = plugin_refusal(first, data.clone()).await;
+        assert!(message.contains(says), "{data}: `{message}` does not say {says}");
+    }
+    let appended = plugin_call(second, json!({"op": "append", "log": "routing", "entry": 8})).await;
+    assert_eq!(appended["seq"], json!(8), "refused appends took no seq");
+
+    // Concurrent appends through both plugins, 8 tasks x 200: every seq exactly once.
+    let mut handles = Vec::new();
+    for t in 0..8_u64 {
+        let orch = if t % 2 == 0 { first.clone() } else { second.clone() };
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..200_u64 {
+                let answer = plugin_call(&orch, json!({"op": "append", "log": "race", "entry": [t, i]})).await;
+                seqs.push((answer["seq"].as_u64().expect("a seq"), [t, i]));
+            }
+            seqs
+        }));
+    }
+    let mut appended = Vec::new();
+    for h in handles {
+        appended.extend(h.await.expect("joins"));
+    }
+    appended.sort_unstable();
+    let seqs: Vec<u64> = appended.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=1_600).collect::<Vec<_>>(), "every seq exactly once");
+    // The log kept the last 4, each the entry whose append got that seq.
+    let read = plugin_call(first, json!({"op": "read_log", "log": "race"})).await;
+    let expected: Vec<Value> = appended[1_596..]
+        .iter()
+        .map(|(seq, entry)| json!({"seq": seq, "entry": entry}))
+        .collect();
+    assert_eq!(
+        read,
+        json!({"log": "race", "entries": expected, "first_seq": 1_597, "last_seq": 1_600})
+    );
+}
+
+async fn orchestrator_with(plugin: SharedStatePlugin, config: Value) -> Orchestrator {
+    Orchestrator::builder()
+        .legacy_mode(false)
+        .plugin(plugin)
+        .configure("SharedStatePlugin", config)
+        .build()
+        .await
+        .expect("builds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_ops_work_through_two_plugins_on_one_memory_store() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let config = json!({"max_log_entries": 4, "max_value_bytes": 256});
+    let first = orchestrator_with(SharedStatePlugin::with_store(Arc::clone(&store)), config.clone()).await;
+    let second = orchestrator_with(SharedStatePlugin::with_store(store), config).await;
+    log_ops(&first, &second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_ops_work_through_two_plugins_on_one_redis() {
+    let Some(server) = RedisServer::start() else { return };
+    let config = json!({"backend": "redis", "url": server.url(), "namespace": namespace(),
+                        "max_log_entries": 4, "max_value_bytes": 256});
+    let first = orchestrator_with(SharedStatePlugin::default(), config.clone()).await;
+    let second = orchestrator_with(SharedStatePlugin::default(), config).await;
+    log_ops(&first, &second).await;
+}
+
+#[tokio::test]
+async fn max_log_entries_below_one_is_refused_naming_the_key() {
+    for value in [json!(0), json!(-1), json!("many")] {
+        let err = Orchestrator::builder()
+            .plugin(SharedStatePlugin::default())
+            .configure("SharedStatePlugin", json!({"max_log_entries": value}))
+            .build()
+            .await
+            .expect_err("refused");
+        let message = err.to_string();
+        assert!(
+            message.contains("max_log_entries") && message.contains("SharedStatePlugin"),
+            "{value}: {message}"
+        );
+    }
+    // The default and 1 are fine.
+    for config in [json!({}), json!({"max_log_entries": 1})] {
+        orchestrator_with(SharedStatePlugin::default(), config).await;
+    }
+}
+
+/// The child side of the multi-process log test: waits for the start signal, appends its
+/// entries to one shared log, and prints the seqs it was given.
+#[tokio::test]
+async fn log_append_worker() {
+    let Ok(url) = std::env::var("ORCH_LOG_URL") else {
+        return;
+    };
+    let ns = std::env::var("ORCH_LOG_NS").expect("namespace");
+    let me: u64 = std::env::var("ORCH_LOG_NAME").expect("name").parse().expect("a number");
+    let store = RedisStore::open(&url, &ns).expect("opens");
+    while store.get("start").await.expect("get").version == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut seqs = Vec::new();
+    for i in 0..LOG_APPENDS {
+        seqs.push(
+            store
+                .append_log("shared", &json!({"p": me, "i": i}), 100_000)
+                .await
+                .expect("appends"),
+        );
+    }
+    println!("SEQS {}", serde_json::to_string(&seqs).expect("encodes"));
+}
+
+const LOG_APPENDS: u64 = 300;
+
+/// Four OS processes append to one log at once: each seq is handed out exactly once, with no
+/// gap, and the log holds every entry at the seq its process was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_appending_to_one_log_get_every_seq_once() {
+    const PROCESSES: u64 = 4;
+    let Some(server) = RedisServer::start() else { return };
+    let ns = namespace();
+    let exe = std::env::current_exe().expect("test binary");
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|p| {
+            common::ChildGuard(
+                std::process::Command::new(&exe)
+                    .args(["log_append_worker", "--exact", "--nocapture", "--test-threads=1"])
+                    .env("ORCH_LOG_URL", server.url())
+                    .env("ORCH_LOG_NS", &ns)
+                    .env("ORCH_LOG_NAME", p.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawns a worker"),
+            )
+        })
+        .collect();
+    let store = RedisStore::open(&server.url(), &ns).expect("opens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store
+            .compare_and_set("start", 0, &json!(true))
+            .await
+            .expect("cas")
+            .applied
+    );
+    let mut given: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (p, mut guard) in children.into_iter().enumerate() {
+        let stdout = guard.0.stdout.take().expect("stdout");
+        let output = tokio::task::spawn_blocking(move || std::io::read_to_string(stdout))
+            .await
+            .expect("joins")
+            .expect("reads");
+        let status = guard.0.wait().expect("worker ends");
+        assert!(status.success(), "worker {p} failed: {output}");
+        let line = output
+            .lines()
+            .find_map(|l| l.split_once("SEQS ").map(|(_, seqs)| seqs))
+            .unwrap_or_else(|| panic!("worker {p} printed no seqs: {output}"));
+        let seqs: Vec<u64> = serde_json::from_str(line).expect("seqs parse");
+        assert_eq!(seqs.len() as u64, LOG_APPENDS);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "worker {p}: {seqs:?}");
+        for (i, seq) in seqs.into_iter().enumerate() {
+            if let Some(other) = given.insert(seq, (p as u64, i as u64)) {
+                panic!("seq {seq} given to both {other:?} and ({p}, {i})");
+            }
+        }
+    }
+    let total = PROCESSES * LOG_APPENDS;
+    assert_eq!(
+        given.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "no gap"
+    );
+    let mut after = 0;
+    let mut read = 0;
+    loop {
+        let page = store.read_log("shared", after, 1_000).await.expect("reads");
+        assert_eq!((page.first_seq, page.last_seq), (1, total));
+        let Some(last) = page.entries.last() else { break };
+        after = last.seq;
+        for e in page.entries {
+            read += 1;
+            let (p, i) = given[&e.seq];
+            assert_eq!(e.entry, json!({"p": p, "i": i}), "seq {}", e.seq);
+        }
+    }
+    assert_eq!(read, total);
 }
