@@ -79,13 +79,15 @@
 mod index;
 mod model;
 mod sampling;
+mod shared;
 
 use index::{TextIndex, capability_terms, tokenize};
-use model::{Estimate, LearningConfig, Model, TaskFeatures, norm_cdf_fast, sampled_success};
+use model::{Estimate, Learned, LearningConfig, Model, TaskFeatures, norm_cdf_fast, sampled_success};
 use plugin_api::prelude::*;
 use sampling::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use shared::{LogPosition, SharedLog};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -161,6 +163,8 @@ struct RoutingConfig {
 struct State {
     index: TextIndex,
     model: Model,
+    /// Where this process is in the shared log, when there is one.
+    log: LogPosition,
 }
 
 impl Default for State {
@@ -168,7 +172,35 @@ impl Default for State {
         Self {
             index: TextIndex::default(),
             model: Model::new(LearningConfig::default()),
+            log: LogPosition::default(),
         }
+    }
+}
+
+/// An outcome to learn, with what learning needs.
+struct Outcome {
+    agent: String,
+    capabilities: Arc<[String]>,
+    features: TaskFeatures,
+    topic: Option<String>,
+    similarity: f64,
+    success: bool,
+    duration_ms: Option<f64>,
+}
+
+impl Outcome {
+    /// The `performance_learning` answer.
+    fn answer(&self, learned: &Learned) -> Value {
+        json!({
+            "agent_id": self.agent,
+            "topic": self.topic,
+            "features": self.features.words.len(),
+            "predicted_before": learned.before,
+            "posterior_mean": learned.after,
+            "successes": learned.successes,
+            "failures": learned.failures,
+            "mean_duration_ms": learned.mean_duration_ms,
+        })
     }
 }
 
@@ -250,6 +282,8 @@ pub struct ContextAwareRoutingPlugin {
     rng: Mutex<Rng>,
     weights: RwLock<Weights>,
     host: OnceLock<HostHandle>,
+    /// The shared log outcomes go through, when configured.
+    shared: OnceLock<SharedLog>,
 }
 
 impl Default for ContextAwareRoutingPlugin {
@@ -264,6 +298,7 @@ impl Default for ContextAwareRoutingPlugin {
             rng: Mutex::new(Rng::new(seed)),
             weights: RwLock::new(Weights::default()),
             host: OnceLock::new(),
+            shared: OnceLock::new(),
         }
     }
 }
@@ -499,19 +534,27 @@ impl ContextAwareRoutingPlugin {
         Ok(IntegrationResponse::ok(answer))
     }
 
-    fn learning_op(&self, data: &Value) -> Result<Value, PluginError> {
-        match data.get("op") {
-            None | Some(Value::Null) => self.learn(data),
-            Some(Value::String(op)) if op == "learn" => self.learn(data),
-            Some(Value::String(op)) if op == "export" => {
+    async fn learning_op(&self, data: &Value) -> Result<Value, PluginError> {
+        let op = match data.get("op") {
+            None | Some(Value::Null) => "learn",
+            Some(Value::String(op)) => op.as_str(),
+            Some(_) => "",
+        };
+        match op {
+            "learn" => match self.shared.get() {
+                Some(log) => self.learn_shared(log, data).await,
+                None => self.learn(data),
+            },
+            "export" => {
                 let snapshot = self.read().model.export();
                 serde_json::to_value(snapshot)
                     .map(|snapshot| json!({ "snapshot": snapshot }))
                     .map_err(|e| PluginError::new(format!("{NAME}: the model did not serialize: {e}")))
             }
-            Some(Value::String(op)) if op == "import" => self.import(data),
-            Some(other) => Err(PluginError::invalid_request(format!(
-                "`op` must be \"learn\" (the default), \"export\" or \"import\", found {other}"
+            "import" => self.import(data),
+            _ => Err(PluginError::invalid_request(format!(
+                "`op` must be \"learn\" (the default), \"export\" or \"import\", found {}",
+                data["op"]
             ))),
         }
     }
@@ -529,7 +572,9 @@ impl ContextAwareRoutingPlugin {
         Ok(json!({"agents": agents, "weights": weights, "outcomes": state.model.tick()}))
     }
 
-    fn learn(&self, data: &Value) -> Result<Value, PluginError> {
+    /// Reads an outcome from a `performance_learning` request, with what learning it needs:
+    /// the agent's capabilities and the task's features and similarity to them.
+    fn outcome(&self, data: &Value) -> Result<Outcome, PluginError> {
         const EXPECTED: &str = "expected {\"agent_id\": string, \"task\": {\"description\": string}, \"success\": bool, \"duration_ms\"?: number}";
         let agent = data
             .get("agent_id")
@@ -540,7 +585,7 @@ impl ContextAwareRoutingPlugin {
             .get("success")
             .and_then(Value::as_bool)
             .ok_or_else(|| PluginError::invalid_request(EXPECTED))?;
-        let duration = match data.get("duration_ms") {
+        let duration_ms = match data.get("duration_ms") {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_f64().filter(|d| *d >= 0.0).ok_or_else(|| {
                 PluginError::invalid_request(format!("`duration_ms` must be a non-negative number; {EXPECTED}"))
@@ -551,31 +596,34 @@ impl ContextAwareRoutingPlugin {
                 "no agent `{agent}` is registered"
             )));
         };
-        let features = task.features();
-        let mut state = self.write();
         let bm25 = {
+            let state = self.read();
             let query = state.index.weigh(&task.words);
             state.index.score(agent, &query)
         };
-        let learned = state.model.learn(
-            agent,
-            &known.capabilities,
-            &features,
-            prior_similarity(bm25),
+        Ok(Outcome {
+            agent: agent.to_owned(),
+            capabilities: known.capabilities,
+            features: task.features(),
+            topic: task.topic(),
+            similarity: prior_similarity(bm25),
             success,
-            duration,
+            duration_ms,
+        })
+    }
+
+    /// Learns an outcome in this process alone.
+    fn learn(&self, data: &Value) -> Result<Value, PluginError> {
+        let outcome = self.outcome(data)?;
+        let learned = self.write().model.learn(
+            &outcome.agent,
+            &outcome.capabilities,
+            &outcome.features,
+            outcome.similarity,
+            outcome.success,
+            outcome.duration_ms,
         );
-        drop(state);
-        Ok(json!({
-            "agent_id": agent,
-            "topic": task.topic(),
-            "features": features.words.len(),
-            "predicted_before": learned.before,
-            "posterior_mean": learned.after,
-            "successes": learned.successes,
-            "failures": learned.failures,
-            "mean_duration_ms": learned.mean_duration_ms,
-        }))
+        Ok(outcome.answer(&learned))
     }
 
     fn profile(&self, data: &Value) -> Result<Value, PluginError> {
@@ -599,7 +647,18 @@ impl ContextAwareRoutingPlugin {
             .host()?
             .agent(agent)
             .ok_or_else(|| PluginError::invalid_request(format!("no agent `{agent}` is registered")))?;
-        let view = self.read().model.view(agent, &info.capabilities, top);
+        let state = self.read();
+        let view = state.model.view(agent, &info.capabilities, top);
+        let shared_log = self.shared.get().map(|log| {
+            json!({
+                "log": log.name(),
+                "read_up_to": state.log.read_up_to,
+                "missed": state.log.missed,
+                "malformed": state.log.malformed,
+            })
+        });
+        let outcomes_learned = state.model.tick();
+        drop(state);
         let topics: serde_json::Map<String, Value> = view
             .features
             .iter()
@@ -624,6 +683,8 @@ impl ContextAwareRoutingPlugin {
             "model_bytes": view.model_bytes,
             "mean_duration_ms": view.mean_duration_ms,
             "tasks_recorded": view.tasks_recorded,
+            "outcomes_learned": outcomes_learned,
+            "shared_log": shared_log,
         }))
     }
 }
@@ -664,8 +725,11 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
             learning
                 .check()
                 .map_err(|e| PluginError::new(format!("{NAME} configuration: {e}")))?;
+            if let Some(name) = &learning.shared_log {
+                let _ = self.shared.set(SharedLog::new(name, learning.sync_interval_ms));
+            }
             let mut state = self.write();
-            if state.model.config() != learning {
+            if *state.model.config() != learning {
                 state.model = Model::new(learning);
                 drop(state);
                 // Slots start again with the new model.
@@ -682,8 +746,13 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
 
     async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
         match request.capability.as_str() {
-            "semantic_routing" => self.route(&request.data),
-            "performance_learning" => self.learning_op(&request.data).map(IntegrationResponse::ok),
+            "semantic_routing" => {
+                if let Some(log) = self.shared.get() {
+                    self.sync_if_due(log).await;
+                }
+                self.route(&request.data)
+            }
+            "performance_learning" => self.learning_op(&request.data).await.map(IntegrationResponse::ok),
             "agent_profiling" => self.profile(&request.data).map(IntegrationResponse::ok),
             other => Err(PluginError::invalid_request(format!(
                 "{NAME} does not serve `{other}` (it serves semantic_routing, agent_profiling, performance_learning)"

@@ -94,7 +94,7 @@ pub(crate) const MAX_TASK_FEATURES: usize = 32;
 const EVICTION_SAMPLE: usize = 8;
 
 /// The learning section of the plugin's configuration.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct LearningConfig {
     /// Outcomes after which an untouched weight is back to its prior (0: never forget).
@@ -103,6 +103,10 @@ pub(crate) struct LearningConfig {
     pub(crate) max_features_per_agent: usize,
     /// Capability-word weights kept in all.
     pub(crate) max_shared_features: usize,
+    /// The `atomic_updates` log the outcomes go through, shared by every process using it.
+    pub(crate) shared_log: Option<String>,
+    /// How often routing reads what other processes learned, at most.
+    pub(crate) sync_interval_ms: u64,
 }
 
 impl Default for LearningConfig {
@@ -111,12 +115,20 @@ impl Default for LearningConfig {
             forget_after: 1_000,
             max_features_per_agent: 256,
             max_shared_features: 65_536,
+            shared_log: None,
+            sync_interval_ms: 100,
         }
     }
 }
 
 impl LearningConfig {
     pub(crate) fn check(&self) -> Result<(), String> {
+        if self.shared_log.as_deref().is_some_and(str::is_empty) {
+            return Err("learning.shared_log must be a log name, or absent".into());
+        }
+        if self.sync_interval_ms > 60_000 {
+            return Err("learning.sync_interval_ms must be at most 60000".into());
+        }
         if self.max_features_per_agent == 0 || self.max_features_per_agent > 1 << 16 {
             return Err("learning.max_features_per_agent must be from 1 to 65536".into());
         }
@@ -172,6 +184,24 @@ pub(crate) struct TaskFeatures {
 }
 
 impl TaskFeatures {
+    /// Features from their names (as [`TaskFeatures::names`] gives them): for outcomes read
+    /// back from a shared log.
+    pub(crate) fn from_names(names: &[String]) -> Self {
+        let mut out: Vec<(u64, Arc<str>)> = Vec::new();
+        for name in names.iter().take(MAX_TASK_FEATURES) {
+            let h = feature_hash(name);
+            if !out.iter().any(|(k, _)| *k == h) {
+                out.push((h, name.as_str().into()));
+            }
+        }
+        Self { words: out }
+    }
+
+    /// The features' names.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        self.words.iter().map(|(_, w)| &**w).collect()
+    }
+
     /// The features of a task: `topic:<topic>` alone when the caller named a topic (the caller
     /// said which tasks are alike), else its distinct words; plus `cap:<c>` for each required
     /// capability. At most [`MAX_TASK_FEATURES`].
@@ -379,8 +409,8 @@ impl Model {
         }
     }
 
-    pub(crate) fn config(&self) -> LearningConfig {
-        self.config
+    pub(crate) fn config(&self) -> &LearningConfig {
+        &self.config
     }
 
     /// Outcomes learned so far.
@@ -1131,7 +1161,7 @@ impl Model {
             ));
         }
         let tick = snapshot.tick;
-        let mut fresh = Model::new(self.config);
+        let mut fresh = Model::new(self.config.clone());
         fresh.tick = tick;
         // Known agents keep their slots: routing caches them.
         fresh.slots = vec![None; self.slots.len()];
