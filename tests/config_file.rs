@@ -128,6 +128,13 @@ async fn a_misspelt_key_of_the_workflow_plugin_is_refused() {
 #[tokio::test]
 async fn a_misspelt_key_of_the_routing_plugin_is_refused() {
     assert_misspelt_key_refused("[ContextAwareRoutingPlugin]", "sead", "42", "ContextAwareRoutingPlugin").await;
+    assert_misspelt_key_refused(
+        "[ContextAwareRoutingPlugin.learning]",
+        "forget_afer",
+        "10",
+        "ContextAwareRoutingPlugin",
+    )
+    .await;
 }
 
 #[tokio::test]

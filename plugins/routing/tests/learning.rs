@@ -8,6 +8,7 @@ use orchestrator_core::{AgentConfig, Orchestrator};
 use plugin_api::IntegrationRequest;
 use plugin_routing::ContextAwareRoutingPlugin;
 use serde_json::{Value, json};
+use support::call;
 use support::fields::{self, FieldsWorld, Task};
 
 async fn orchestrator(config: Value) -> Orchestrator {
@@ -18,15 +19,6 @@ async fn orchestrator(config: Value) -> Orchestrator {
         .build()
         .await
         .expect("builds")
-}
-
-async fn call(orch: &Orchestrator, capability: &str, data: Value) -> Value {
-    let response = orch
-        .execute(IntegrationRequest::new(capability, data))
-        .await
-        .expect("answers");
-    assert!(response.success, "{response:?}");
-    response.data
 }
 
 async fn register(orch: &Orchestrator, agents: &[(String, Vec<String>)]) {

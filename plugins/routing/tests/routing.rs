@@ -1,10 +1,13 @@
 //! ContextAwareRoutingPlugin through a real orchestrator: similarity, hard filters, learning
 //! that finds the best of three similar agents, profiles, bad input.
 
+mod support;
+
 use orchestrator_core::{AgentConfig, AgentId, AgentStatus, Orchestrator, Task};
 use plugin_api::IntegrationRequest;
 use plugin_routing::ContextAwareRoutingPlugin;
 use serde_json::{Value, json};
+use support::call;
 
 async fn orchestrator(seed: u64) -> Orchestrator {
     Orchestrator::builder()
@@ -14,15 +17,6 @@ async fn orchestrator(seed: u64) -> Orchestrator {
         .build()
         .await
         .expect("builds")
-}
-
-async fn call(orch: &Orchestrator, capability: &str, data: Value) -> Value {
-    let response = orch
-        .execute(IntegrationRequest::new(capability, data))
-        .await
-        .expect("answers");
-    assert!(response.success, "{response:?}");
-    response.data
 }
 
 #[tokio::test]

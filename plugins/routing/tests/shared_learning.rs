@@ -12,6 +12,7 @@ use plugin_routing::ContextAwareRoutingPlugin;
 use plugin_shared_state::SharedStatePlugin;
 use redis_server::RedisServer;
 use serde_json::{Value, json};
+use support::call;
 use support::fields::FieldsWorld;
 
 async fn orchestrator(url: &str, seed: u64) -> Orchestrator {
@@ -30,15 +31,6 @@ async fn orchestrator(url: &str, seed: u64) -> Orchestrator {
         .build()
         .await
         .expect("builds")
-}
-
-async fn call(orch: &Orchestrator, capability: &str, data: Value) -> Value {
-    let response = orch
-        .execute(IntegrationRequest::new(capability, data))
-        .await
-        .expect("answers");
-    assert!(response.success, "{response:?}");
-    response.data
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,3 +2,19 @@
 //! the files it needs by path (`#[path = "../tests/support/fields.rs"] mod fields;`).
 
 pub(crate) mod fields;
+
+use orchestrator_core::Orchestrator;
+use plugin_api::IntegrationRequest;
+use serde_json::Value;
+
+/// Calls `capability` with `data` through the orchestrator and returns the answer's data,
+/// failing the test when the call errs or does not succeed.
+#[allow(dead_code)]
+pub(crate) async fn call(orch: &Orchestrator, capability: &str, data: Value) -> Value {
+    let response = orch
+        .execute(IntegrationRequest::new(capability, data))
+        .await
+        .expect("answers");
+    assert!(response.success, "{response:?}");
+    response.data
+}
