@@ -397,6 +397,19 @@ fn bench_routing(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(plugin.execute(request.clone()).await.expect("routes")) });
     });
+    // The same task requiring `database`: the earlier figures' case (about 400 eligible agents).
+    let filtered = IntegrationRequest::new(
+        "semantic_routing",
+        json!({"task": {"description": probe.description, "required_capabilities": ["database"]}}),
+    );
+    group.bench_function("legacy_least_loaded_database_only", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(legacy.execute(filtered.clone()).await.expect("routes")) });
+    });
+    group.bench_function("context_aware_plugin_database_only", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(plugin.execute(filtered.clone()).await.expect("routes")) });
+    });
     group.finish();
 
     // Last, as it adds to what the plugin has learned.

@@ -70,7 +70,7 @@ const BETA2: f64 = 1.0;
 /// Prior variance of an agent's bias.
 const PRIOR_BIAS: f64 = 0.5;
 /// Prior variance of an agent's word weight (its input is `1/√k`).
-const PRIOR_WORD: f64 = 0.1;
+const PRIOR_WORD: f64 = 0.5;
 /// Prior variance of a capability-word weight (its input is `1/√(k·|caps|)`).
 const PRIOR_SHARED: f64 = 0.5;
 /// The similarity prior's strength: the offset between the best and worst text match.
