@@ -82,7 +82,7 @@ mod sampling;
 mod shared;
 
 use index::{TextIndex, capability_terms, tokenize};
-use model::{Estimate, Learned, LearningConfig, Model, TaskFeatures, norm_cdf_fast, sampled_success};
+use model::{Estimate, KeyMap, Learned, LearningConfig, Model, TaskFeatures, norm_cdf_fast, sampled_success};
 use plugin_api::prelude::*;
 use sampling::Rng;
 use serde::Deserialize;
@@ -110,7 +110,7 @@ struct KnownAgent {
 /// Agents' capabilities and model slots, with equal capability lists shared.
 #[derive(Debug, Default)]
 struct CapabilityCache {
-    by_agent: HashMap<String, KnownAgent>,
+    by_agent: KeyMap<String, KnownAgent>,
     interned: HashMap<Vec<String>, Arc<[String]>>,
 }
 
@@ -403,20 +403,26 @@ impl ContextAwareRoutingPlugin {
             }
             None => host.agent_loads(),
         };
-        // Capabilities for every candidate: one lock for the cached ones, the host for the rest.
-        let mut known: Vec<Option<KnownAgent>> = {
+        // Capabilities for every candidate: the cache for those seen before, the host for the
+        // rest (which fills the cache).
+        let missing: Vec<usize> = {
             let cache = self.cache();
-            loads.iter().map(|a| cache.by_agent.get(&*a.id).cloned()).collect()
+            (0..loads.len())
+                .filter(|i| !cache.by_agent.contains_key(&*loads[*i].id))
+                .collect()
         };
-        for (entry, agent) in known.iter_mut().zip(&loads) {
-            if entry.is_none() {
-                *entry = self.known_agent(host, &agent.id);
-            }
+        for i in missing {
+            self.known_agent(host, &loads[i].id);
         }
-        let eligible: Vec<(&AgentLoad, KnownAgent)> = loads
+
+        let weights = *self.weights.read().unwrap_or_else(|p| p.into_inner());
+        let features = task.features();
+        // The state, then the cache: the order every writer takes them in.
+        let state = self.read();
+        let cache = self.cache();
+        let eligible: Vec<(&AgentLoad, &KnownAgent)> = loads
             .iter()
-            .zip(known)
-            .filter_map(|(agent, known)| Some((agent, known?)))
+            .filter_map(|agent| Some((agent, cache.by_agent.get(&*agent.id)?)))
             .filter(|(agent, known)| {
                 agent.status != AgentStatus::Offline && task.required.iter().all(|c| known.capabilities.contains(c))
             })
@@ -428,15 +434,11 @@ impl ContextAwareRoutingPlugin {
                 task.required.join(", ")
             )));
         }
-
-        let weights = *self.weights.read().unwrap_or_else(|p| p.into_inner());
-        let features = task.features();
-        let state = self.read();
         let query = state.index.weigh(&task.words);
         let prepared = state.model.prepare(&features);
         // Documents are made of capability names only, so equal lists score alike, and the
         // shared capability-word weights are the same for them too: both once per list.
-        let mut memo: HashMap<usize, (f64, Estimate)> = HashMap::new();
+        let mut memo: KeyMap<usize, (f64, Estimate)> = KeyMap::default();
         let per_list: Vec<(f64, Estimate)> = eligible
             .iter()
             .map(|(agent, known)| {
@@ -475,6 +477,7 @@ impl ContextAwareRoutingPlugin {
             })
             .collect();
         drop(prepared);
+        drop(cache);
         drop(state);
 
         // Thompson sampling, drawn only where it can matter: a candidate whose optimistic score
@@ -516,7 +519,10 @@ impl ContextAwareRoutingPlugin {
             y.score.total_cmp(&x.score).then_with(|| x.agent.id.cmp(&y.agent.id))
         };
         if candidates.len() > ranking_len {
-            candidates.select_nth_unstable_by(ranking_len - 1, order);
+            // The best `ranking_len` by score alone (many undrawn candidates tie exactly, and
+            // comparing their ids costs more than the rest of the ranking); then their order,
+            // ties by id. The pick itself is a drawn candidate, whose score does not tie.
+            candidates.select_nth_unstable_by(ranking_len - 1, |x, y| y.score.total_cmp(&x.score));
             candidates.truncate(ranking_len);
         }
         candidates.sort_by(order);

@@ -154,28 +154,47 @@ fn shared_key(capability: u64, word: u64) -> u64 {
     (capability ^ word.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// A hasher for keys that are hashes already (one multiply to spread the bits).
+/// A fast hasher for the router's own maps: keys that are hashes already (u64 features), agent
+/// ids and pointers. Not resistant to crafted collisions (SipHash, the standard one, is), which
+/// these keys do not need: feature keys are hashes, and agent ids are the host's to choose.
+/// Eight bytes a round, with SplitMix64's finalizer.
 #[derive(Default)]
 pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
-        self.0
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
         }
+        for b in chunks.remainder() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
     fn write_u32(&mut self, n: u32) {
         self.write_u64(u64::from(n));
     }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
 }
 
-type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+pub(crate) type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 
 /// A task as the model sees it: its features, hashed, with their text.
 #[derive(Debug, Clone, Default)]
@@ -524,7 +543,7 @@ impl Model {
 
 impl Model {
     /// How much more often the task's words appear in the successes of agents declaring these
-    /// capabilities than in successes overall: the mean over words and capabilities of
+    /// capabilities than in successes overall: the mean over words of the best capability's
     /// `ln(P(w | c succeeded) / P(w | success))`, with `P(w | c)` smoothed towards `P(w)`. Words
     /// that go with every capability's successes alike (noise) score about zero; words a
     /// capability has succeeded on far more than others score high; a capability with many
@@ -551,14 +570,20 @@ impl Model {
                 continue;
             };
             let background = (f64::from(*g) + 1.0) / (total + vocabulary);
-            for (c, successes) in &caps {
-                let s = self
-                    .shared
-                    .get(&shared_key(*c, *w))
-                    .map_or(0.0, |cell| f64::from(cell.cell.successes));
-                sum += ((s + alpha * background) / (successes + alpha) / background).ln();
-                n += 1;
-            }
+            // The agent's best capability for the word: its other capabilities say nothing
+            // about this word, and averaging them in would rank agents by what else they do.
+            let best = caps
+                .iter()
+                .map(|(c, successes)| {
+                    let s = self
+                        .shared
+                        .get(&shared_key(*c, *w))
+                        .map_or(0.0, |cell| f64::from(cell.cell.successes));
+                    ((s + alpha * background) / (successes + alpha) / background).ln()
+                })
+                .fold(f64::NEG_INFINITY, f64::max);
+            sum += best;
+            n += 1;
         }
         if n == 0 {
             return 0.0;
