@@ -7,10 +7,11 @@
 //! void        orch_plugin_free(char *response);           /* frees what process returned */
 //! ```
 //!
-//! `orch_plugin_process` is synchronous and may block, so each call runs on Tokio's blocking
-//! pool and the async caller waits for it under the call timeout. A call that never returns
-//! keeps its blocking thread (a thread cannot be cancelled), but the host moves on. The hand-off
-//! to the pool costs tens of microseconds on a small machine, so a plugin whose manifest says
+//! `orch_plugin_process` is synchronous and may block, so each call runs on one of the plugin's
+//! own worker threads and the async caller waits for it under the call timeout. A call that
+//! never returns keeps its worker (a thread cannot be cancelled), but the host moves on, and the
+//! next call starts another worker, up to 16 calls in flight. The hand-off to a worker costs a
+//! few microseconds (5 us in `benches/plugin_abi.rs`; Tokio's blocking pool, used before, 23), and a plugin whose manifest says
 //! `"nonblocking": true` (it promises to return promptly) is called directly on the async
 //! thread instead: a few microseconds, at the price that a hang in it stalls that thread and
 //! cannot be cut off by the timeout. A C plugin
@@ -43,9 +44,9 @@ type ManifestFn = unsafe extern "C-unwind" fn() -> *const c_char;
 type ProcessFn = unsafe extern "C-unwind" fn(*const c_char) -> *mut c_char;
 type FreeFn = unsafe extern "C-unwind" fn(*mut c_char);
 
-/// How many calls of one C plugin may occupy the blocking pool at once. Calls that hang keep
-/// their thread forever; past this many, further calls fail at once ("unavailable") instead of
-/// exhausting the pool that the rest of the host needs too.
+/// How many calls of one C plugin may be in flight at once, each on a worker thread of its own.
+/// Calls that hang keep their thread forever; past this many, further calls fail at once
+/// ("unavailable") instead of starting threads without bound.
 const MAX_BLOCKING_CALLS: usize = 16;
 
 /// The largest answer read from a C plugin (16 MiB): a bigger one is refused unread, so that a
@@ -66,6 +67,7 @@ pub(crate) struct CAbiPlugin {
     manifest: PluginManifest,
     abi_version: u32,
     blocking_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    workers: std::sync::Arc<Workers>,
 }
 
 impl CAbiPlugin {
@@ -142,6 +144,7 @@ impl CAbiPlugin {
             manifest,
             abi_version: version,
             blocking_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_CALLS)),
+            workers: std::sync::Arc::new(Workers::new(Entry { process, free })),
         })
     }
 
@@ -151,6 +154,148 @@ impl CAbiPlugin {
 
     pub(crate) fn abi_version(&self) -> u32 {
         self.abi_version
+    }
+}
+
+/// How long an idle worker thread waits for a call before it ends.
+const WORKER_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How many times an idle worker checks for a new call before it sleeps: a call that follows
+/// within a few microseconds is taken without the cost of waking a sleeping thread.
+const WORKER_SPINS: u32 = 1_000;
+
+/// One call waiting for a worker: the request, where the answer goes, and the slot it holds.
+struct Job {
+    request: CString,
+    reply: tokio::sync::oneshot::Sender<Result<String, PluginError>>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The queue of calls and the workers' count, under one lock.
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    /// Workers waiting (or about to wait) for a call.
+    idle: usize,
+    /// Worker threads alive.
+    threads: usize,
+}
+
+/// The plugin's own worker threads: calls that may block run on them, not on the async
+/// threads. A worker that hangs in the plugin keeps its thread (a thread cannot be cancelled)
+/// and its call's slot; the next call starts another worker, up to `MAX_BLOCKING_CALLS`
+/// calls in flight, past which calls fail at once. Idle workers end after `WORKER_IDLE`.
+///
+/// Tokio's blocking pool did the same job for about 23 us a call on a small machine (5 us here): a task
+/// allocated per call, and a thread woken through the pool's shared queue. Here an idle worker
+/// spins briefly before it sleeps, so calls in quick succession find it awake.
+struct Workers {
+    entry: Entry,
+    queue: std::sync::Mutex<Queue>,
+    ready: std::sync::Condvar,
+    /// Calls queued and not yet taken: what a spinning worker watches, without the lock.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Workers spinning for the next call (they will take a queued one without a wake-up).
+    spinning: std::sync::atomic::AtomicUsize,
+}
+
+impl Workers {
+    fn new(entry: Entry) -> Self {
+        Self {
+            entry,
+            queue: std::sync::Mutex::new(Queue::default()),
+            ready: std::sync::Condvar::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            spinning: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a call, waking an idle worker or starting one.
+    fn submit(self: &std::sync::Arc<Self>, job: Job) {
+        use std::sync::atomic::Ordering;
+        let mut queue = self.lock();
+        queue.jobs.push_back(job);
+        self.waiting.fetch_add(1, Ordering::Release);
+        if queue.idle > 0 {
+            drop(queue);
+            self.ready.notify_one();
+            return;
+        }
+        if self.waiting.load(Ordering::Acquire) <= self.spinning.load(Ordering::Acquire) {
+            // As many workers between calls as calls waiting: each will take one (they take
+            // the lock after their spin).
+            return;
+        }
+        // Every worker is busy: start one. The slots bound the calls in flight, so the threads
+        // stay within MAX_BLOCKING_CALLS.
+        queue.threads += 1;
+        drop(queue);
+        let workers = std::sync::Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("orch-c-plugin".into())
+            .spawn(move || workers.work());
+        if let Err(e) = started {
+            let mut queue = self.lock();
+            queue.threads -= 1;
+            if queue.threads == 0 {
+                // No worker will take it: answer it here.
+                if let Some(job) = queue.jobs.pop_back() {
+                    self.waiting.fetch_sub(1, Ordering::Release);
+                    let _ = job.reply.send(Err(PluginError::unavailable(format!(
+                        "cannot start a thread for the C plugin: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// A worker: takes calls until it has been idle for `WORKER_IDLE`.
+    fn work(&self) {
+        loop {
+            let Some(job) = self.next_job() else {
+                return;
+            };
+            let answer = self.entry.call(&job.request);
+            // The caller may have given up (timed out); the answer is then dropped. The slot
+            // is freed only now, when the plugin has returned.
+            let _ = job.reply.send(answer);
+            drop(job.slot);
+        }
+    }
+
+    /// The next call, after a short spin and then a sleep; `None` when idle too long (the
+    /// thread then ends, counted out under the lock so that no call is left without a worker).
+    fn next_job(&self) -> Option<Job> {
+        use std::sync::atomic::Ordering;
+        self.spinning.fetch_add(1, Ordering::AcqRel);
+        for _ in 0..WORKER_SPINS {
+            if self.waiting.load(Ordering::Acquire) > 0 {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.spinning.fetch_sub(1, Ordering::AcqRel);
+        let mut queue = self.lock();
+        loop {
+            if let Some(job) = queue.jobs.pop_front() {
+                self.waiting.fetch_sub(1, Ordering::Release);
+                return Some(job);
+            }
+            queue.idle += 1;
+            let (guard, timeout) = self
+                .ready
+                .wait_timeout(queue, WORKER_IDLE)
+                .unwrap_or_else(|p| p.into_inner());
+            queue = guard;
+            queue.idle -= 1;
+            if timeout.timed_out() && queue.jobs.is_empty() {
+                queue.threads -= 1;
+                return None;
+            }
+        }
     }
 }
 
@@ -212,12 +357,15 @@ impl OrchestrationPlugin for CAbiPlugin {
                     "{MAX_BLOCKING_CALLS} calls of this C plugin are still running (hung?); not starting another"
                 ))
             })?;
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit; // held until the C call returns, however long that is
-                    entry.call(&json)
-                })
-                .await
-                .map_err(|e| PluginError::new(format!("the C plugin call did not complete: {e}")))??
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                self.workers.submit(Job {
+                    request: json,
+                    reply,
+                    slot: permit,
+                });
+                answer
+                    .await
+                    .map_err(|_| PluginError::new("the C plugin call did not complete: its worker ended"))??
             };
         serde_json::from_str(&text).map_err(|e| {
             PluginError::new(format!(
