@@ -6,8 +6,11 @@
 //! public key is checked against the HS256 secret, if any, and fails). `exp` is required;
 //! `nbf` is checked when present; `iss` and `aud` are required and checked when configured.
 //!
-//! Signature checks with RSA and P-256 keys cost hundreds of microseconds in pure Rust, and a
-//! client sends the same bearer token with every request, so tokens that verified are cached
+//! The signatures are checked by AWS-LC (`jsonwebtoken`'s `aws_lc_rs` backend, which builds
+//! with nothing but a C compiler on Linux x86-64 and aarch64): with verification and RBAC, a
+//! token seen for the first time costs about 27 us for RS256 and 62 us for ES256, where the
+//! pure-Rust backend took 200 and 289 us. A client still sends the same bearer token with
+//! every request, so tokens that verified are cached
 //! (up to [`CACHE_CAPACITY`], keyed by the exact token text): a repeat costs a hash lookup plus
 //! the time checks (`exp`, `nbf`), which are made again on every use. A token that fails is
 //! never cached, and a changed byte makes a different key.
