@@ -716,10 +716,19 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
     async fn initialize(&self, host: HostHandle) -> Result<(), PluginError> {
         let config: RoutingConfig = host.config_as()?;
         if let Some(weights) = config.weights {
-            let all = [weights.similarity, weights.learning, weights.load];
-            if all.iter().any(|w| !w.is_finite() || *w < 0.0) || all.iter().sum::<f64>() <= 0.0 {
+            let all = [
+                ("similarity", weights.similarity),
+                ("learning", weights.learning),
+                ("load", weights.load),
+            ];
+            if let Some((key, w)) = all.iter().find(|(_, w)| !w.is_finite() || *w < 0.0) {
                 return Err(PluginError::new(format!(
-                    "{NAME} configuration: weights must be non-negative and not all zero"
+                    "{NAME} configuration: weights.{key} is {w}; weights must be non-negative and not all zero"
+                )));
+            }
+            if all.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
+                return Err(PluginError::new(format!(
+                    "{NAME} configuration: weights.similarity, weights.learning and weights.load are all zero; weights must be non-negative and not all zero"
                 )));
             }
             *self.weights.write().unwrap_or_else(|p| p.into_inner()) = weights;

@@ -267,3 +267,28 @@ async fn the_ranking_is_as_long_as_asked() {
     assert_eq!(ranking[0]["agent_id"], short["selected_agent"]);
     assert!(ranking[0]["score"].as_f64() >= ranking[1]["score"].as_f64());
 }
+
+/// Regression guard (found by the configuration property test): a negative weight was refused
+/// without saying which weight.
+#[tokio::test]
+async fn a_bad_weight_is_refused_naming_it() {
+    for (weights, named) in [
+        (
+            json!({"similarity": -1, "learning": 0.5, "load": 0.2}),
+            "weights.similarity is -1",
+        ),
+        (
+            json!({"similarity": 0.3, "learning": 0.5, "load": -0.5}),
+            "weights.load is -0.5",
+        ),
+        (json!({"similarity": 0, "learning": 0, "load": 0}), "all zero"),
+    ] {
+        let err = Orchestrator::builder()
+            .plugin(ContextAwareRoutingPlugin::new())
+            .configure("ContextAwareRoutingPlugin", json!({ "weights": weights }))
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(named), "{err}");
+    }
+}

@@ -43,7 +43,9 @@ impl Grants {
         let (resource, action) = permission
             .split_once(':')
             .filter(|(r, a)| !r.is_empty() && !a.is_empty() && !a.contains(':'))
-            .ok_or_else(|| format!("role `{declared_by}`: permission {permission:?} is not `resource:action`"))?;
+            .ok_or_else(|| {
+                format!("role `{declared_by}`: permission {permission:?} in `allow` is not `resource:action`")
+            })?;
         let by = declared_by.to_owned();
         match (resource, action) {
             ("*", "*") => {

@@ -319,6 +319,12 @@ async fn configuration_errors_name_what_is_wrong() {
             "role inheritance cycle: a -> b -> a",
         ),
         (json!({"auditt": {}}), "unknown field `auditt`"),
+        // Regression guard (found by the configuration property test): the message did not
+        // say the permission was in `allow`.
+        (
+            json!({"rbac": {"roles": {"viewer": {"allow": ["x"]}}}}),
+            "role `viewer`: permission \"x\" in `allow` is not `resource:action`",
+        ),
     ];
     for (config, expected) in cases {
         let err = orchestrator(config.clone()).await.unwrap_err();
