@@ -8,8 +8,8 @@ use orchestrator_core::{AgentConfig, Orchestrator};
 use plugin_api::IntegrationRequest;
 use plugin_routing::ContextAwareRoutingPlugin;
 use serde_json::{Value, json};
-use support::call;
 use support::fields::{self, FieldsWorld, Task};
+use support::{call, register};
 
 async fn orchestrator(config: Value) -> Orchestrator {
     Orchestrator::builder()
@@ -19,18 +19,6 @@ async fn orchestrator(config: Value) -> Orchestrator {
         .build()
         .await
         .expect("builds")
-}
-
-async fn register(orch: &Orchestrator, agents: &[(String, Vec<String>)]) {
-    for (id, caps) in agents {
-        orch.register_agent(
-            AgentConfig::new(id)
-                .with_id(id.as_str())
-                .with_capabilities(caps.clone()),
-        )
-        .await
-        .expect("registers");
-    }
 }
 
 async fn route(orch: &Orchestrator, description: &str) -> String {

@@ -12,8 +12,8 @@ use plugin_routing::ContextAwareRoutingPlugin;
 use plugin_shared_state::SharedStatePlugin;
 use redis_server::RedisServer;
 use serde_json::{Value, json};
-use support::call;
 use support::fields::FieldsWorld;
+use support::{call, register};
 
 async fn orchestrator(url: &str, seed: u64) -> Orchestrator {
     Orchestrator::builder()
@@ -41,15 +41,7 @@ async fn two_orchestrators_learn_into_one_model_without_losing_an_outcome() {
     let agents = world.registrations();
     let (first, second) = (orchestrator(&url, 1).await, orchestrator(&url, 2).await);
     for orch in [&first, &second] {
-        for (id, caps) in &agents {
-            orch.register_agent(
-                AgentConfig::new(id)
-                    .with_id(id.as_str())
-                    .with_capabilities(caps.clone()),
-            )
-            .await
-            .expect("registers");
-        }
+        register(orch, &agents).await;
     }
     let tasks = world.tasks(600);
     // Each orchestrator learns half the outcomes, both at once, from several tasks each.
@@ -113,15 +105,7 @@ async fn two_orchestrators_learn_into_one_model_without_losing_an_outcome() {
 
     // A third orchestrator started now learns the whole history from the log.
     let late = orchestrator(&url, 3).await;
-    for (id, caps) in &agents {
-        late.register_agent(
-            AgentConfig::new(id)
-                .with_id(id.as_str())
-                .with_capabilities(caps.clone()),
-        )
-        .await
-        .expect("registers");
-    }
+    register(&late, &agents).await;
     call(
         &late,
         "semantic_routing",

@@ -3,7 +3,7 @@
 
 pub(crate) mod fields;
 
-use orchestrator_core::Orchestrator;
+use orchestrator_core::{AgentConfig, Orchestrator};
 use plugin_api::IntegrationRequest;
 use serde_json::Value;
 
@@ -17,4 +17,18 @@ pub(crate) async fn call(orch: &Orchestrator, capability: &str, data: Value) -> 
         .expect("answers");
     assert!(response.success, "{response:?}");
     response.data
+}
+
+/// Registers each `(id, capabilities)` under that id.
+#[allow(dead_code)]
+pub(crate) async fn register(orch: &Orchestrator, agents: &[(String, Vec<String>)]) {
+    for (id, caps) in agents {
+        orch.register_agent(
+            AgentConfig::new(id)
+                .with_id(id.as_str())
+                .with_capabilities(caps.clone()),
+        )
+        .await
+        .expect("registers");
+    }
 }
