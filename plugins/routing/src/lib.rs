@@ -108,10 +108,57 @@ struct KnownAgent {
 }
 
 /// Agents' capabilities and model slots, with equal capability lists shared.
+///
+/// Found by id text, and (on the routing path) by the address of the host's shared id: the
+/// host hands out the same `Arc<str>` for an agent on every listing, so the address finds it
+/// without hashing or comparing the text. The entry keeps a clone of that `Arc`, so the address
+/// cannot be reused for another id while the entry exists.
 #[derive(Debug, Default)]
 struct CapabilityCache {
-    by_agent: KeyMap<String, KnownAgent>,
+    by_agent: KeyMap<String, (KnownAgent, Option<usize>)>,
+    by_address: KeyMap<usize, (Arc<str>, KnownAgent)>,
     interned: HashMap<Vec<String>, Arc<[String]>>,
+}
+
+/// The address of a shared id, as a key.
+fn address(id: &Arc<str>) -> usize {
+    Arc::as_ptr(id).cast::<u8>() as usize
+}
+
+impl CapabilityCache {
+    /// The agent behind `id`, and whether it was found by address.
+    fn find(&self, id: &Arc<str>) -> Option<(&KnownAgent, bool)> {
+        if let Some((_, known)) = self.by_address.get(&address(id)) {
+            return Some((known, true));
+        }
+        self.by_agent.get(&**id).map(|(known, _)| (known, false))
+    }
+
+    /// Lets `id`'s address find the agent its text finds.
+    fn index_address(&mut self, id: &Arc<str>) {
+        let key = address(id);
+        let Some((known, old)) = self.by_agent.get_mut(&**id) else {
+            return;
+        };
+        if let Some(old) = old.replace(key) {
+            if old != key {
+                self.by_address.remove(&old);
+            }
+        }
+        let known = known.clone();
+        self.by_address.insert(key, (Arc::clone(id), known));
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some((_, Some(key))) = self.by_agent.remove(id) {
+            self.by_address.remove(&key);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_agent.clear();
+        self.by_address.clear();
+    }
 }
 
 /// One eligible agent while a task is routed.
@@ -338,7 +385,7 @@ impl ContextAwareRoutingPlugin {
     /// when the agent is deregistered (see `on_event`). Equal capability lists share one
     /// allocation, so that a routing call computes similarity once per distinct list.
     fn known_agent(&self, host: &HostHandle, id: &str) -> Option<KnownAgent> {
-        if let Some(known) = self.cache().by_agent.get(id) {
+        if let Some((known, _)) = self.cache().by_agent.get(id) {
             return Some(known.clone());
         }
         let info = host.agent(id)?;
@@ -364,7 +411,7 @@ impl ContextAwareRoutingPlugin {
             capabilities: caps,
             slot,
         };
-        cache.by_agent.insert(id.to_owned(), known.clone());
+        cache.by_agent.insert(id.to_owned(), (known.clone(), None));
         Some(known)
     }
 
@@ -405,14 +452,27 @@ impl ContextAwareRoutingPlugin {
         };
         // Capabilities for every candidate: the cache for those seen before, the host for the
         // rest (which fills the cache).
-        let missing: Vec<usize> = {
+        let (missing, unaddressed): (Vec<usize>, Vec<usize>) = {
             let cache = self.cache();
-            (0..loads.len())
-                .filter(|i| !cache.by_agent.contains_key(&*loads[*i].id))
-                .collect()
+            let mut missing = Vec::new();
+            let mut unaddressed = Vec::new();
+            for (i, agent) in loads.iter().enumerate() {
+                match cache.find(&agent.id) {
+                    Some((_, true)) => {}
+                    Some((_, false)) => unaddressed.push(i),
+                    None => missing.push(i),
+                }
+            }
+            (missing, unaddressed)
         };
-        for i in missing {
+        for &i in &missing {
             self.known_agent(host, &loads[i].id);
+        }
+        if !missing.is_empty() || !unaddressed.is_empty() {
+            let mut cache = self.capabilities.write().unwrap_or_else(|p| p.into_inner());
+            for i in missing.into_iter().chain(unaddressed) {
+                cache.index_address(&loads[i].id);
+            }
         }
 
         let weights = *self.weights.read().unwrap_or_else(|p| p.into_inner());
@@ -422,7 +482,7 @@ impl ContextAwareRoutingPlugin {
         let cache = self.cache();
         let eligible: Vec<(&AgentLoad, &KnownAgent)> = loads
             .iter()
-            .filter_map(|agent| Some((agent, cache.by_agent.get(&*agent.id)?)))
+            .filter_map(|agent| Some((agent, cache.find(&agent.id)?.0)))
             .filter(|(agent, known)| {
                 agent.status != AgentStatus::Offline && task.required.iter().all(|c| known.capabilities.contains(c))
             })
@@ -748,11 +808,7 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
                 state.model = Model::new(learning);
                 drop(state);
                 // Slots start again with the new model.
-                self.capabilities
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .by_agent
-                    .clear();
+                self.capabilities.write().unwrap_or_else(|p| p.into_inner()).clear();
             }
         }
         let _ = self.host.set(host);
@@ -792,8 +848,7 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
             self.capabilities
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .by_agent
-                .remove(agent_id);
+                .forget(agent_id);
         }
     }
 }

@@ -292,3 +292,41 @@ async fn a_bad_weight_is_refused_naming_it() {
         assert!(err.to_string().contains(named), "{err}");
     }
 }
+
+/// An agent deregistered and registered again under the same id with other capabilities is
+/// routed by its new capabilities (the router's cache finds agents by the address of the
+/// host's id; the old entry must not outlive the old registration).
+#[tokio::test]
+async fn an_agent_registered_again_is_routed_by_its_new_capabilities() {
+    let orch = orchestrator(9).await;
+    orch.register_agent(AgentConfig::default().with_id("a").with_capabilities(["x"]))
+        .await
+        .expect("registers");
+    orch.register_agent(AgentConfig::default().with_id("b").with_capabilities(["z"]))
+        .await
+        .expect("registers");
+    let needs = |cap: &str| json!({"task": {"description": "work", "required_capabilities": [cap]}});
+    assert_eq!(call(&orch, "semantic_routing", needs("x")).await["selected_agent"], "a");
+    orch.deregister_agent(&AgentId::from("a")).await.expect("deregisters");
+    orch.register_agent(AgentConfig::default().with_id("a").with_capabilities(["y"]))
+        .await
+        .expect("registers again");
+    let mut routed = Value::Null;
+    for _ in 0..200 {
+        let answer = orch
+            .execute(IntegrationRequest::new("semantic_routing", needs("y")))
+            .await
+            .expect("answers");
+        if answer.success {
+            routed = answer.data["selected_agent"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(routed, "a", "routed by the new capabilities");
+    let old = orch
+        .execute(IntegrationRequest::new("semantic_routing", needs("x")))
+        .await
+        .expect("answers");
+    assert!(!old.success, "nobody has `x` any more: {old:?}");
+}
