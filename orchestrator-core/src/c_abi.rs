@@ -220,17 +220,16 @@ impl Workers {
         queue.jobs.push_back(job);
         self.waiting.fetch_add(1, Ordering::Release);
         if queue.idle > 0 {
-            drop(queue);
             self.ready.notify_one();
+        }
+        // Each sleeping or spinning worker takes at most one call when it next takes the lock
+        // (a sleeping one stays counted until then, woken or not), so the queued calls are
+        // covered while they are no more than those workers; past that, a worker is started.
+        // The slots bound the calls in flight, so the threads stay within about
+        // MAX_BLOCKING_CALLS (idle ones end after WORKER_IDLE).
+        if queue.jobs.len() <= queue.idle + self.spinning.load(Ordering::Acquire) {
             return;
         }
-        if self.waiting.load(Ordering::Acquire) <= self.spinning.load(Ordering::Acquire) {
-            // As many workers between calls as calls waiting: each will take one (they take
-            // the lock after their spin).
-            return;
-        }
-        // Every worker is busy: start one. The slots bound the calls in flight, so the threads
-        // stay within MAX_BLOCKING_CALLS.
         queue.threads += 1;
         drop(queue);
         let workers = std::sync::Arc::clone(self);
@@ -240,8 +239,8 @@ impl Workers {
         if let Err(e) = started {
             let mut queue = self.lock();
             queue.threads -= 1;
-            if queue.threads == 0 {
-                // No worker will take it: answer it here.
+            if queue.jobs.len() > queue.idle + self.spinning.load(Ordering::Acquire) {
+                // No worker will take it soon: answer it here rather than leave it waiting.
                 if let Some(job) = queue.jobs.pop_back() {
                     self.waiting.fetch_sub(1, Ordering::Release);
                     let _ = job.reply.send(Err(PluginError::unavailable(format!(
@@ -258,11 +257,13 @@ impl Workers {
             let Some(job) = self.next_job() else {
                 return;
             };
-            let answer = self.entry.call(&job.request);
-            // The caller may have given up (timed out); the answer is then dropped. The slot
-            // is freed only now, when the plugin has returned.
-            let _ = job.reply.send(answer);
-            drop(job.slot);
+            let Job { request, reply, slot } = job;
+            let answer = self.entry.call(&request);
+            // The slot is freed only now, when the plugin has returned, and before the answer
+            // goes out, so that a caller's next call finds it free. The caller may have given up
+            // (timed out); the answer is then dropped.
+            drop(slot);
+            let _ = reply.send(answer);
         }
     }
 
@@ -377,5 +378,64 @@ impl OrchestrationPlugin for CAbiPlugin {
     async fn health_check(&self) -> HealthStatus {
         // The C ABI has no health function: a plugin whose manifest loaded is taken as healthy.
         HealthStatus::healthy()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A stand-in for a C plugin's `orch_plugin_process`: echoes the request, after 300 ms when
+    /// it says "slow".
+    unsafe extern "C-unwind" fn echo(request: *const c_char) -> *mut c_char {
+        // SAFETY: the workers pass the request's valid NUL-terminated string for the call.
+        let text = unsafe { CStr::from_ptr(request) }.to_string_lossy().into_owned();
+        if text.contains("slow") {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        CString::new(text).unwrap_or_default().into_raw()
+    }
+
+    /// Its `orch_plugin_free`.
+    unsafe extern "C-unwind" fn free(answer: *mut c_char) {
+        // SAFETY: every answer comes from `CString::into_raw` in `echo`, and is freed once.
+        drop(unsafe { CString::from_raw(answer) });
+    }
+
+    /// Regression guard (found in review): a worker asleep between calls stayed counted as
+    /// idle until it woke, so a second call sent right after a first was left queued behind it
+    /// instead of getting a worker of its own.
+    #[tokio::test]
+    async fn a_call_sent_right_after_another_gets_a_worker_of_its_own() {
+        let workers = Arc::new(Workers::new(Entry { process: echo, free }));
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_CALLS));
+        let send = |text: &str| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            workers.submit(Job {
+                request: CString::new(text).expect("no NUL"),
+                reply,
+                slot: Arc::clone(&slots).try_acquire_owned().expect("a free slot"),
+            });
+            answer
+        };
+        for round in 0..3 {
+            // A worker that has served a call and gone to sleep.
+            assert_eq!(send("warm").await.expect("answered").expect("echoed"), "warm");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Two calls back to back, before the sleeping worker can wake.
+            let slow = send("slow");
+            let quick = send("quick");
+            let started = Instant::now();
+            assert_eq!(quick.await.expect("answered").expect("echoed"), "quick");
+            let waited = started.elapsed();
+            assert!(
+                waited < Duration::from_millis(200),
+                "round {round}: the quick call waited {waited:?} behind the slow one"
+            );
+            assert_eq!(slow.await.expect("answered").expect("echoed"), "slow");
+        }
+        assert_eq!(slots.available_permits(), MAX_BLOCKING_CALLS, "every slot is back");
     }
 }

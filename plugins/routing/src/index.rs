@@ -53,6 +53,7 @@ pub(crate) struct TextIndex {
 }
 
 impl TextIndex {
+    #[cfg(test)]
     pub(crate) fn contains(&self, agent: &str) -> bool {
         self.docs.contains_key(agent)
     }

@@ -31,7 +31,8 @@
 //! exploration rate to tune.
 //!
 //! Drift: a weight's certainty fades as the rest of the fleet learns (back to its prior after
-//! `learning.forget_after` outcomes, default 500), so routing follows an agent that gets better
+//! `learning.forget_after` outcomes for an agent's overall skill, default 1,000, and ten times
+//! as many for word weights), so routing follows an agent that gets better
 //! or worse. Memory is bounded: at most `learning.max_features_per_agent` (256) word weights per
 //! agent and `learning.max_shared_features` (65,536) capability-word weights in all, the least
 //! informative replaced first; `agent_profiling` reports each agent's `model_bytes`.
@@ -388,17 +389,24 @@ impl ContextAwareRoutingPlugin {
         if let Some((known, _)) = self.cache().by_agent.get(id) {
             return Some(known.clone());
         }
-        let info = host.agent(id)?;
+        // The host is asked under the state lock, which `on_event` takes too: a deregistration
+        // cannot come between the answer and the entry made from it.
         let mut state = self.write();
-        if !state.index.contains(id) {
-            state
-                .index
-                .add(id, info.capabilities.iter().flat_map(|c| capability_terms(c)));
-        }
-        let slot = state.model.slot_for(id);
+        let info = host.agent(id)?;
         // The cache is filled under the state lock, so that an import (which keeps slots)
         // cannot come between the slot and its entry.
         let mut cache = self.capabilities.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, _)) = cache.by_agent.get(id) {
+            // Another caller made it meanwhile (with its address, perhaps): keep that one.
+            return Some(known.clone());
+        }
+        // The agent's document is made afresh: it may have registered again with other
+        // capabilities.
+        state.index.remove(id);
+        state
+            .index
+            .add(id, info.capabilities.iter().flat_map(|c| capability_terms(c)));
+        let slot = state.model.slot_for(id);
         let caps = match cache.interned.get(&info.capabilities) {
             Some(shared) => Arc::clone(shared),
             None => {
@@ -626,6 +634,12 @@ impl ContextAwareRoutingPlugin {
     }
 
     fn import(&self, data: &Value) -> Result<Value, PluginError> {
+        if let Some(log) = self.shared.get() {
+            return Err(PluginError::invalid_request(format!(
+                "this router learns through the shared log `{}`, which is its model: an imported snapshot would count the log's outcomes twice; import into a router without `learning.shared_log`",
+                log.name()
+            )));
+        }
         let snapshot = data.get("snapshot").ok_or_else(|| {
             PluginError::invalid_request(
                 "expected {\"op\": \"import\", \"snapshot\": {...}} (a snapshot from \"op\": \"export\")",
@@ -653,8 +667,8 @@ impl ContextAwareRoutingPlugin {
             .ok_or_else(|| PluginError::invalid_request(EXPECTED))?;
         let duration_ms = match data.get("duration_ms") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_f64().filter(|d| *d >= 0.0).ok_or_else(|| {
-                PluginError::invalid_request(format!("`duration_ms` must be a non-negative number; {EXPECTED}"))
+            Some(v) => Some(v.as_f64().filter(|d| (0.0..=1e12).contains(d)).ok_or_else(|| {
+                PluginError::invalid_request(format!("`duration_ms` must be a number from 0 to 1e12; {EXPECTED}"))
             })?),
         };
         let Some(known) = self.known_agent(self.host()?, agent) else {
@@ -721,6 +735,7 @@ impl ContextAwareRoutingPlugin {
                 "read_up_to": state.log.read_up_to,
                 "missed": state.log.missed,
                 "malformed": state.log.malformed,
+                "resets": state.log.resets,
             })
         });
         let outcomes_learned = state.model.tick();
@@ -806,8 +821,9 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
             let mut state = self.write();
             if *state.model.config() != learning {
                 state.model = Model::new(learning);
-                drop(state);
-                // Slots start again with the new model.
+                state.log = LogPosition::default();
+                // Slots start again with the new model: the cache goes with it, under the
+                // state lock.
                 self.capabilities.write().unwrap_or_else(|p| p.into_inner()).clear();
             }
         }
@@ -840,6 +856,16 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
     }
 
     async fn on_event(&self, event: &OrchestratorEvent) {
+        if let OrchestratorEvent::AgentRegistered { agent_id, .. } = event {
+            // A registration under an id seen before (its deregistration event may have been
+            // dropped from a full queue): the next route reads its capabilities afresh.
+            let _state = self.read();
+            self.capabilities
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(agent_id);
+            return;
+        }
         if let OrchestratorEvent::AgentDeregistered { agent_id } = event {
             let mut state = self.write();
             state.index.remove(agent_id);

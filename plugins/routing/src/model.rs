@@ -601,13 +601,13 @@ impl Model {
                 self.word_successes.insert(*w, (Arc::clone(word), 1));
             }
         }
-        self.total_successes += k;
+        self.total_successes = self.total_successes.saturating_add(k);
         for c in capabilities {
             let entry = self
                 .capability_successes
                 .entry(feature_hash(c))
                 .or_insert_with(|| (c.as_str().into(), 0));
-            entry.1 += k;
+            entry.1 = entry.1.saturating_add(k);
         }
     }
 }
@@ -665,7 +665,7 @@ impl Model {
         success: bool,
         duration_ms: Option<f64>,
     ) -> Learned {
-        self.tick += 1;
+        self.tick = self.tick.saturating_add(1);
         let tick = self.tick;
         let slot = self.slot_for(agent);
         let k = features.words.len();
@@ -738,13 +738,13 @@ impl Model {
         }
         let agent = self.slots[slot as usize].as_mut().expect("the slot was just made");
         if success {
-            agent.successes += 1;
+            agent.successes = agent.successes.saturating_add(1);
         } else {
-            agent.failures += 1;
+            agent.failures = agent.failures.saturating_add(1);
         }
         if let Some(d) = duration_ms {
             agent.duration_sum_ms += d;
-            agent.timed += 1;
+            agent.timed = agent.timed.saturating_add(1);
         }
         Learned {
             before,
@@ -893,6 +893,9 @@ impl Model {
             })
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)
+            // Every sampled position was one not to evict: the first that may be, so that the
+            // cap holds.
+            .or_else(|| (0..len).find(|i| information(*i).is_some()))
     }
 
     /// What the model holds for an agent: its bias, its strongest features (by how far they
@@ -1048,6 +1051,12 @@ pub(crate) const SNAPSHOT_FORMAT: &str = "orchestrator-routing-model";
 /// The snapshot version this build writes and reads.
 pub(crate) const SNAPSHOT_VERSION: u32 = 1;
 
+/// The largest weight mean a snapshot may hold: the latent scale is a few units, so anything
+/// near this is a damaged or forged snapshot (and beyond f32's range would poison the model).
+const MAX_MEAN: f64 = 1e6;
+/// The largest outcome count a snapshot may hold, so that counting on from it cannot overflow.
+const MAX_TICK: u64 = 1 << 53;
+
 /// A weight in a snapshot: `[mean, variance, last tick, successes, failures]`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct CellRecord(f64, f64, u64, u32, u32);
@@ -1065,9 +1074,9 @@ impl CellRecord {
 
     fn cell(self, prior: f64, tick: u64, what: &str) -> Result<Cell, String> {
         let Self(mean, var, last, successes, failures) = self;
-        if !mean.is_finite() || !var.is_finite() || var <= 0.0 || var > prior * 1.000_001 {
+        if !mean.is_finite() || mean.abs() > MAX_MEAN || !var.is_finite() || var <= 0.0 || var > prior * 1.000_001 {
             return Err(format!(
-                "{what}: mean must be finite and variance in (0, {prior}], found [{mean}, {var}]"
+                "{what}: mean must be within ±{MAX_MEAN} and variance in (0, {prior}], found [{mean}, {var}]"
             ));
         }
         if last > tick {
@@ -1186,6 +1195,12 @@ impl Model {
             ));
         }
         let tick = snapshot.tick;
+        if tick > MAX_TICK || snapshot.total_successes > MAX_TICK {
+            return Err(format!(
+                "tick and total_successes must be at most 2^53, found {tick} and {}",
+                snapshot.total_successes
+            ));
+        }
         let mut fresh = Model::new(self.config.clone());
         fresh.tick = tick;
         // Known agents keep their slots: routing caches them.
@@ -1207,11 +1222,19 @@ impl Model {
             .collect();
         let mut weights = 0;
         for (id, record) in snapshot.agents {
-            if record.words.len() > self.config.max_features_per_agent {
+            // An agent holds at most its cap, or one task's features when the cap is smaller
+            // (the weights of the task being learned are never evicted).
+            let most = self.config.max_features_per_agent.max(MAX_TASK_FEATURES);
+            if record.words.len() > most {
                 return Err(format!(
                     "agent `{id}` has {} word weights; learning.max_features_per_agent is {}",
                     record.words.len(),
                     self.config.max_features_per_agent
+                ));
+            }
+            if record.successes > MAX_TICK || record.failures > MAX_TICK || record.timed > MAX_TICK {
+                return Err(format!(
+                    "agent `{id}`: successes, failures and timed must be at most 2^53"
                 ));
             }
             if !record.duration_sum_ms.is_finite() || record.duration_sum_ms < 0.0 {
@@ -1275,6 +1298,9 @@ impl Model {
         }
         for (word, n) in snapshot.word_successes {
             fresh.word_successes.insert(feature_hash(&word), (word.into(), n));
+        }
+        if let Some((capability, _)) = snapshot.capability_successes.iter().find(|(_, n)| **n > MAX_TICK) {
+            return Err(format!("capability_successes of `{capability}` must be at most 2^53"));
         }
         for (capability, n) in snapshot.capability_successes {
             fresh
@@ -1365,6 +1391,49 @@ mod tests {
         }
         let cells: usize = model.words.values().map(|(_, c)| c.len()).sum();
         assert_eq!(cells, 64, "no word cell outlives its agent's list");
+    }
+
+    /// Regression guard (found in review): when every sampled weight belonged to the task
+    /// being learned, none was evicted and the cap grew; then the model's own export could not
+    /// be imported.
+    #[test]
+    fn a_small_cap_holds_and_the_export_imports() {
+        let config = LearningConfig {
+            max_features_per_agent: 2,
+            ..LearningConfig::default()
+        };
+        let mut model = Model::new(config.clone());
+        for i in 0..200u32 {
+            model.learn(
+                "a",
+                &[],
+                &words(&format!("w{} w{}", i % 7, i % 11 + 20)),
+                0.0,
+                i % 2 == 0,
+                None,
+            );
+        }
+        let held = model.agent(model.slot_of("a").expect("a")).expect("live").held.len();
+        assert_eq!(held, 2);
+        let mut restored = Model::new(config);
+        restored.import(model.export()).expect("its own export imports");
+    }
+
+    #[test]
+    fn a_snapshot_with_absurd_numbers_is_refused() {
+        let mut model = Model::new(LearningConfig::default());
+        model.learn("a", &[], &words("one"), 0.0, true, Some(1.0));
+        let good = serde_json::to_value(model.export()).expect("serializes");
+        let mut huge_mean = good.clone();
+        huge_mean["agents"]["a"]["bias"][0] = serde_json::json!(1e39);
+        let mut huge_tick = good.clone();
+        huge_tick["tick"] = serde_json::json!(u64::MAX);
+        let mut huge_count = good.clone();
+        huge_count["agents"]["a"]["successes"] = serde_json::json!(u64::MAX);
+        for (bad, expected) in [(huge_mean, "within"), (huge_tick, "2^53"), (huge_count, "2^53")] {
+            let err = model.import(serde_json::from_value(bad).expect("parses")).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     #[test]

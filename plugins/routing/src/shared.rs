@@ -13,7 +13,10 @@
 //! A process started later replays the log (its newest `max_log_entries`, a shared-state
 //! setting); a process that falls further behind than that skips what was dropped and counts
 //! it (`missed` in `agent_profiling`). Entries it cannot read (written by something else) are
-//! skipped and counted too.
+//! skipped and counted too, and a log found to have started again (a backend that lost its
+//! data) is read from its start (`resets`). A snapshot cannot be imported into a router that
+//! learns through a log: the log is its model. A deregistration forgets the agent in this
+//! process only; the other processes forget it when they see their own.
 
 use crate::model::{Learned, TaskFeatures};
 use crate::{ContextAwareRoutingPlugin, NAME};
@@ -60,6 +63,8 @@ pub(crate) struct LogPosition {
     pub(crate) missed: u64,
     /// Entries skipped because they were not outcomes.
     pub(crate) malformed: u64,
+    /// Times the log was found to have started again (its newest seq below the last learned).
+    pub(crate) resets: u64,
     /// What the last entries learned did, by `seq`.
     recent: VecDeque<(u64, Learned)>,
 }
@@ -95,7 +100,12 @@ impl ContextAwareRoutingPlugin {
                 "{NAME}: `atomic_updates` append answered without a seq: {appended}"
             ))
         })?;
-        self.read_log(log).await?;
+        self.read_log(log).await.map_err(|e| {
+            PluginError::unavailable(format!(
+                "{NAME}: the outcome is recorded in the shared log `{}` as seq {seq} (do not send it again), but the log could not be read back: {}",
+                log.name, e.message
+            ))
+        })?;
         let state = self.read();
         match state.log.recent.iter().find(|(s, _)| *s == seq) {
             Some((_, learned)) => Ok(outcome.answer(learned)),
@@ -111,7 +121,15 @@ impl ContextAwareRoutingPlugin {
     pub(crate) async fn sync_if_due(&self, log: &SharedLog) {
         let Some(host) = self.host.get() else { return };
         let now = host.monotonic_ns();
-        if now.saturating_sub(log.last_read_ns.load(Ordering::Relaxed)) >= log.interval_ns {
+        let last = log.last_read_ns.load(Ordering::Relaxed);
+        // One route per interval reads, whether the read then succeeds or not: the others go
+        // on with what the model has, and a backend that is down is not asked by every route.
+        if now.saturating_sub(last) >= log.interval_ns
+            && log
+                .last_read_ns
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
             let _ = self.read_log(log).await;
         }
     }
@@ -135,6 +153,16 @@ impl ContextAwareRoutingPlugin {
             let entries = page["entries"].as_array().map(Vec::as_slice).unwrap_or_default();
             let mut state = self.write();
             let state = &mut *state;
+            // A log only grows, so a page whose newest seq is below the cursor it was asked
+            // with (not merely below where a concurrent reader has got to since) means the log
+            // started again (a backend that lost its data): read it from its start.
+            if last < after && state.log.read_up_to >= after {
+                state.log.resets += 1;
+                state.log.read_up_to = first.saturating_sub(1);
+                state.log.recent.clear();
+                // This page was asked from the old cursor: ask again from the new one.
+                continue;
+            }
             if first > state.log.read_up_to + 1 {
                 state.log.missed += first - 1 - state.log.read_up_to;
                 state.log.read_up_to = first - 1;
@@ -148,7 +176,10 @@ impl ContextAwareRoutingPlugin {
                     break;
                 }
                 match Entry::deserialize(&item["entry"]) {
-                    Ok(entry) if entry.similarity.is_finite() && entry.duration_ms.is_none_or(|d| d >= 0.0) => {
+                    Ok(entry)
+                        if entry.similarity.is_finite()
+                            && entry.duration_ms.is_none_or(|d| (0.0..=1e12).contains(&d)) =>
+                    {
                         let learned = state.model.learn(
                             &entry.agent,
                             &entry.capabilities,

@@ -232,10 +232,11 @@ async fn bad_snapshots_and_ops_are_refused_and_change_nothing() {
     let mut wrong_version = before.clone();
     wrong_version["version"] = json!(99);
     let mut too_many = before.clone();
-    too_many["agents"]["a"]["words"] = json!({
-        "w1": [0.0, 0.1, 0, 0, 0], "w2": [0.0, 0.1, 0, 0, 0], "w3": [0.0, 0.1, 0, 0, 0],
-        "w4": [0.0, 0.1, 0, 0, 0], "w5": [0.0, 0.1, 0, 0, 0]
-    });
+    // Over the cap and over one task's 32 features (what a cap below that lets an agent hold).
+    too_many["agents"]["a"]["words"] = (0..33)
+        .map(|i| (format!("w{i}"), json!([0.0, 0.1, 0, 0, 0])))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
     let mut from_the_future = before.clone();
     from_the_future["agents"]["a"]["bias"][2] = json!(1_000_000);
     let mut extra_field = before.clone();

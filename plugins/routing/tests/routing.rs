@@ -202,6 +202,10 @@ async fn bad_input_is_refused_as_invalid_request() {
             "performance_learning",
             json!({"agent_id": "w", "task": {"description": "x"}, "success": true, "duration_ms": -1}),
         ),
+        (
+            "performance_learning",
+            json!({"agent_id": "w", "task": {"description": "x"}, "success": true, "duration_ms": 1e300}),
+        ),
         ("agent_profiling", json!({"agent_id": "ghost"})),
         ("agent_profiling", json!(42)),
         (

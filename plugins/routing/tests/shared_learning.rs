@@ -140,7 +140,44 @@ async fn learning_without_a_reachable_log_is_an_error_that_says_so() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("shared log `routing/outcomes`"), "{err}");
+    // A snapshot cannot be imported into a router whose model is the log.
+    let err = orch
+        .execute(IntegrationRequest::new(
+            "performance_learning",
+            json!({"op": "import", "snapshot": {}}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("count the log's outcomes twice"), "{err}");
     // Routing goes on with what the process has.
     let routed = call(&orch, "semantic_routing", json!({"task": {"description": "x"}})).await;
     assert_eq!(routed["selected_agent"], "a");
+}
+
+/// Regression guard (found in review): when the log started again (a Redis that lost its
+/// data), a process past the new entries' seqs read nothing more and learned nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_starts_again_is_read_from_its_start() {
+    let Some(redis) = RedisServer::start() else { return };
+    let orch = orchestrator(&redis.url(), 4).await;
+    let agents = FieldsWorld::new(5).registrations();
+    register(&orch, &agents).await;
+    let learn = |i: usize| {
+        call(
+            &orch,
+            "performance_learning",
+            json!({"agent_id": agents[i % agents.len()].0, "task": {"description": "schema index"}, "success": i % 2 == 0}),
+        )
+    };
+    for i in 0..10 {
+        learn(i).await;
+    }
+    redis.command(&["FLUSHALL"]);
+    for i in 0..4 {
+        let learned = learn(i).await;
+        assert!(learned["posterior_mean"].is_number(), "{learned}");
+    }
+    let profile = call(&orch, "agent_profiling", json!({"agent_id": agents[0].0})).await;
+    assert_eq!(profile["shared_log"]["resets"], 1, "{profile}");
+    assert_eq!(profile["outcomes_learned"], 14, "{profile}");
 }
