@@ -219,19 +219,24 @@ impl Workers {
         let mut queue = self.lock();
         queue.jobs.push_back(job);
         self.waiting.fetch_add(1, Ordering::Release);
-        if queue.idle > 0 {
-            self.ready.notify_one();
-        }
         // Each sleeping or spinning worker takes at most one call when it next takes the lock
         // (a sleeping one stays counted until then, woken or not), so the queued calls are
         // covered while they are no more than those workers; past that, a worker is started.
         // The slots bound the calls in flight, so the threads stay within about
         // MAX_BLOCKING_CALLS (idle ones end after WORKER_IDLE).
-        if queue.jobs.len() <= queue.idle + self.spinning.load(Ordering::Acquire) {
+        let wake = queue.idle > 0;
+        let covered = queue.jobs.len() <= queue.idle + self.spinning.load(Ordering::Acquire);
+        if !covered {
+            queue.threads += 1;
+        }
+        // Woken after the lock is let go, so that the worker does not wake only to wait for it.
+        drop(queue);
+        if wake {
+            self.ready.notify_one();
+        }
+        if covered {
             return;
         }
-        queue.threads += 1;
-        drop(queue);
         let workers = std::sync::Arc::clone(self);
         let started = std::thread::Builder::new()
             .name("orch-c-plugin".into())
