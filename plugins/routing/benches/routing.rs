@@ -5,7 +5,8 @@
 //!      success rate for each (0.2 to 0.95). 3,000 tasks arrive, each naming its kind as a
 //!      required capability; each policy picks an agent among those declaring the task's kind,
 //!      the world decides success from the hidden rate, and the learning policy is told the
-//!      outcome. Policies: round robin, this plugin (learning), and the oracle (always the agent
+//!      outcome. Policies: round robin, this plugin reading the text only (never told an outcome),
+//!      this plugin (learning), and the oracle (always the agent
 //!      with the best hidden rate). Success rates are reported overall and over the last third.
 //!    - **Vocabulary world** (`tests/support/fields.rs`, shared with the tests): 5 fields of 24
 //!      words each, 15 agents (three per field, hidden rates 0.9, 0.6 and 0.3 on their own
@@ -113,46 +114,57 @@ fn simulate(rt: &tokio::runtime::Runtime) {
         })
         .collect();
     results.push(("oracle", oracle));
-    // This plugin, learning from every outcome.
-    let learned = rt.block_on(async {
-        let orch = Orchestrator::builder()
-            .legacy_mode(false)
-            .plugin(ContextAwareRoutingPlugin::new())
-            .configure("ContextAwareRoutingPlugin", json!({"seed": 7}))
-            .build()
-            .await
-            .expect("builds");
-        for (i, (kinds, _)) in fleet.agents.iter().enumerate() {
-            let caps = kinds.map(|k| KINDS[k]);
-            orch.register_agent(
-                AgentConfig::new(format!("agent-{i}"))
-                    .with_id(format!("a{i}"))
-                    .with_capabilities(caps),
-            )
-            .await
-            .expect("registers");
-        }
-        let mut out = Vec::with_capacity(tasks.len());
-        for (&kind, &u) in tasks.iter().zip(&outcomes) {
-            let task =
-                json!({"description": format!("a {} task", KINDS[kind]), "required_capabilities": [KINDS[kind]]});
-            let answer = orch
-                .execute(IntegrationRequest::new("semantic_routing", json!({ "task": task })))
+    // This plugin: reading the text only (similarity alone, never told an outcome), and
+    // learning from every outcome.
+    let run_plugin = |config: serde_json::Value, learn: bool| {
+        rt.block_on(async {
+            let orch = Orchestrator::builder()
+                .legacy_mode(false)
+                .plugin(ContextAwareRoutingPlugin::new())
+                .configure("ContextAwareRoutingPlugin", config)
+                .build()
                 .await
-                .expect("routes");
-            let id = answer.data["selected_agent"].as_str().unwrap_or_default().to_owned();
-            let agent: usize = id.trim_start_matches('a').parse().expect("an agent id");
-            let success = u < fleet.agents[agent].1[kind];
-            orch.execute(IntegrationRequest::new(
-                "performance_learning",
-                json!({"agent_id": id, "task": task, "success": success, "duration_ms": 10}),
-            ))
-            .await
-            .expect("learns");
-            out.push(success);
-        }
-        out
-    });
+                .expect("builds");
+            for (i, (kinds, _)) in fleet.agents.iter().enumerate() {
+                let caps = kinds.map(|k| KINDS[k]);
+                orch.register_agent(
+                    AgentConfig::new(format!("agent-{i}"))
+                        .with_id(format!("a{i}"))
+                        .with_capabilities(caps),
+                )
+                .await
+                .expect("registers");
+            }
+            let mut out = Vec::with_capacity(tasks.len());
+            for (&kind, &u) in tasks.iter().zip(&outcomes) {
+                let task =
+                    json!({"description": format!("a {} task", KINDS[kind]), "required_capabilities": [KINDS[kind]]});
+                let answer = orch
+                    .execute(IntegrationRequest::new("semantic_routing", json!({ "task": task })))
+                    .await
+                    .expect("routes");
+                let id = answer.data["selected_agent"].as_str().unwrap_or_default().to_owned();
+                let agent: usize = id.trim_start_matches('a').parse().expect("an agent id");
+                let success = u < fleet.agents[agent].1[kind];
+                if learn {
+                    orch.execute(IntegrationRequest::new(
+                        "performance_learning",
+                        json!({"agent_id": id, "task": task, "success": success, "duration_ms": 10}),
+                    ))
+                    .await
+                    .expect("learns");
+                }
+                out.push(success);
+            }
+            out
+        })
+    };
+    let text_only = run_plugin(
+        json!({"seed": 7, "weights": {"similarity": 1.0, "learning": 0.0, "load": 0.0}}),
+        false,
+    );
+    results.push(("text only", text_only));
+    let learned = run_plugin(json!({"seed": 7}), true);
     results.push(("this plugin (learning)", learned));
 
     let rate = |v: &[bool]| v.iter().filter(|s| **s).count() as f64 / v.len() as f64;

@@ -856,16 +856,6 @@ impl OrchestrationPlugin for ContextAwareRoutingPlugin {
     }
 
     async fn on_event(&self, event: &OrchestratorEvent) {
-        if let OrchestratorEvent::AgentRegistered { agent_id, .. } = event {
-            // A registration under an id seen before (its deregistration event may have been
-            // dropped from a full queue): the next route reads its capabilities afresh.
-            let _state = self.read();
-            self.capabilities
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .forget(agent_id);
-            return;
-        }
         if let OrchestratorEvent::AgentDeregistered { agent_id } = event {
             let mut state = self.write();
             state.index.remove(agent_id);

@@ -289,3 +289,27 @@ async fn bad_snapshots_and_ops_are_refused_and_change_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("max_features_per_agent"), "{err}");
 }
+
+/// The same seed and the same calls give the same picks, from the first call on: routing
+/// starting at once after the registrations (whose events reach the plugin at their own pace)
+/// must not depend on when they arrive. Regression guard: a registration event that cleared
+/// the router's cache entry made a route racing it leave that agent out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_and_calls_give_the_same_picks() {
+    let mut world = FieldsWorld::new(17);
+    let tasks = world.tasks(300);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let orch = orchestrator(json!({"seed": 23})).await;
+        register(&orch, &world.registrations()).await;
+        let mut picks = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            let id = route(&orch, &task.description).await;
+            let agent = world.agent_index(&id).expect("a world agent");
+            learn(&orch, &id, &task.description, world.success(agent, task)).await;
+            picks.push(id);
+        }
+        runs.push(picks);
+    }
+    assert_eq!(runs[0], runs[1]);
+}
