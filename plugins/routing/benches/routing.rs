@@ -116,15 +116,9 @@ fn simulate(rt: &tokio::runtime::Runtime) {
     results.push(("oracle", oracle));
     // This plugin: reading the text only (similarity alone, never told an outcome), and
     // learning from every outcome.
-    let run_plugin = |config: serde_json::Value, learn: bool| {
+    let run_plugin = |config: Value, learn: bool| {
         rt.block_on(async {
-            let orch = Orchestrator::builder()
-                .legacy_mode(false)
-                .plugin(ContextAwareRoutingPlugin::new())
-                .configure("ContextAwareRoutingPlugin", config)
-                .build()
-                .await
-                .expect("builds");
+            let orch = router(config).await;
             for (i, (kinds, _)) in fleet.agents.iter().enumerate() {
                 let caps = kinds.map(|k| KINDS[k]);
                 orch.register_agent(
@@ -179,16 +173,21 @@ fn simulate(rt: &tokio::runtime::Runtime) {
     }
 }
 
-/// Registers the vocabulary world's agents on a fresh orchestrator with this plugin, configured
-/// with `config`.
-async fn vocabulary_fleet(world: &FieldsWorld, config: Value) -> Orchestrator {
-    let orch = Orchestrator::builder()
+/// A fresh orchestrator with this plugin alone (no legacy path), configured with `config`.
+async fn router(config: Value) -> Orchestrator {
+    Orchestrator::builder()
         .legacy_mode(false)
         .plugin(ContextAwareRoutingPlugin::new())
         .configure("ContextAwareRoutingPlugin", config)
         .build()
         .await
-        .expect("builds");
+        .expect("builds")
+}
+
+/// Registers the vocabulary world's agents on a fresh orchestrator with this plugin, configured
+/// with `config`.
+async fn vocabulary_fleet(world: &FieldsWorld, config: Value) -> Orchestrator {
+    let orch = router(config).await;
     for (id, capabilities) in world.registrations() {
         orch.register_agent(
             AgentConfig::new(format!("agent-{id}"))

@@ -297,6 +297,21 @@ struct AgentModel {
     timed: u64,
 }
 
+impl AgentModel {
+    /// An agent nothing has been learned about: its bias at the prior.
+    fn fresh(id: Arc<str>, bias_var: f64, tick: u64) -> Self {
+        Self {
+            id,
+            bias: Cell::prior(bias_var, tick),
+            held: Vec::new(),
+            successes: 0,
+            failures: 0,
+            duration_sum_ms: 0.0,
+            timed: 0,
+        }
+    }
+}
+
 /// A capability-word weight.
 #[derive(Debug, Clone)]
 struct SharedCell {
@@ -443,15 +458,7 @@ impl Model {
             return *slot;
         }
         let id: Arc<str> = id.into();
-        let agent = AgentModel {
-            id: Arc::clone(&id),
-            bias: Cell::prior(self.bias_prior.var, self.tick),
-            held: Vec::new(),
-            successes: 0,
-            failures: 0,
-            duration_sum_ms: 0.0,
-            timed: 0,
-        };
+        let agent = AgentModel::fresh(Arc::clone(&id), self.bias_prior.var, self.tick);
         let slot = match self.free_slots.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(agent);
@@ -1207,15 +1214,7 @@ impl Model {
         fresh.slots = vec![None; self.slots.len()];
         for (id, slot) in &self.by_id {
             fresh.by_id.insert(Arc::clone(id), *slot);
-            fresh.slots[*slot as usize] = Some(AgentModel {
-                id: Arc::clone(id),
-                bias: Cell::prior(fresh.bias_prior.var, tick),
-                held: Vec::new(),
-                successes: 0,
-                failures: 0,
-                duration_sum_ms: 0.0,
-                timed: 0,
-            });
+            fresh.slots[*slot as usize] = Some(AgentModel::fresh(Arc::clone(id), fresh.bias_prior.var, tick));
         }
         fresh.free_slots = (0..fresh.slots.len() as u32)
             .filter(|s| fresh.slots[*s as usize].is_none())

@@ -7,19 +7,9 @@ mod support;
 use orchestrator_core::{AgentConfig, Orchestrator};
 use plugin_api::IntegrationRequest;
 use plugin_routing::ContextAwareRoutingPlugin;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::fields::{self, FieldsWorld, Task};
-use support::{call, register};
-
-async fn orchestrator(config: Value) -> Orchestrator {
-    Orchestrator::builder()
-        .legacy_mode(false)
-        .plugin(ContextAwareRoutingPlugin::new())
-        .configure("ContextAwareRoutingPlugin", config)
-        .build()
-        .await
-        .expect("builds")
-}
+use support::{call, register, router};
 
 async fn route(orch: &Orchestrator, description: &str) -> String {
     call(orch, "semantic_routing", json!({"task": {"description": description}})).await["selected_agent"]
@@ -66,7 +56,7 @@ async fn learning_finds_the_best_agent_of_a_field_from_words_no_agent_declared()
         .take(2_000)
         .collect();
     assert_eq!(tasks.len(), 2_000);
-    let orch = orchestrator(json!({"seed": 3})).await;
+    let orch = router(json!({"seed": 3})).await;
     register(&orch, &world.registrations()).await;
     let routed = route_and_learn(&orch, &world, &tasks).await;
     let (right_field, success) = fields::rates(&routed[1_500..]);
@@ -88,7 +78,7 @@ async fn learning_finds_the_best_agent_of_a_field_from_words_no_agent_declared()
 async fn a_snapshot_exported_and_imported_routes_the_same() {
     let mut world = FieldsWorld::new(7);
     let agents = world.registrations();
-    let original = orchestrator(json!({"seed": 11})).await;
+    let original = router(json!({"seed": 11})).await;
     register(&original, &agents).await;
     // Outcomes taught directly (no routing call, so the generator is untouched).
     for (i, task) in world.tasks(600).iter().enumerate() {
@@ -107,7 +97,7 @@ async fn a_snapshot_exported_and_imported_routes_the_same() {
         "{snapshot}"
     );
 
-    let restored = orchestrator(json!({"seed": 11})).await;
+    let restored = router(json!({"seed": 11})).await;
     register(&restored, &agents).await;
     let imported = call(
         &restored,
@@ -120,7 +110,7 @@ async fn a_snapshot_exported_and_imported_routes_the_same() {
     let again = call(&restored, "performance_learning", json!({"op": "export"})).await["snapshot"].clone();
     assert_eq!(again, snapshot, "the snapshot round-trips");
 
-    let untaught = orchestrator(json!({"seed": 11})).await;
+    let untaught = router(json!({"seed": 11})).await;
     register(&untaught, &agents).await;
     let mut differs_from_untaught = 0;
     for task in world.tasks(100) {
@@ -141,7 +131,7 @@ async fn a_snapshot_exported_and_imported_routes_the_same() {
 /// gets better. Routing follows within a bounded number of tasks.
 #[tokio::test]
 async fn routing_follows_an_agent_whose_skill_changes() {
-    let orch = orchestrator(json!({"seed": 5})).await;
+    let orch = router(json!({"seed": 5})).await;
     let agents = [("ada", [0.9, 0.1]), ("bob", [0.5, 0.9]), ("cy", [0.3, 0.3])];
     for (id, _) in agents {
         orch.register_agent(AgentConfig::new(id).with_id(id).with_capabilities(["code_review"]))
@@ -180,8 +170,7 @@ async fn routing_follows_an_agent_whose_skill_changes() {
 #[tokio::test]
 async fn the_memory_cap_holds_under_100_000_outcomes_of_random_words() {
     let orch =
-        orchestrator(json!({"seed": 1, "learning": {"max_features_per_agent": 64, "max_shared_features": 2_000}}))
-            .await;
+        router(json!({"seed": 1, "learning": {"max_features_per_agent": 64, "max_shared_features": 2_000}})).await;
     let ids = ["p", "q", "r", "s"];
     for id in ids {
         orch.register_agent(
@@ -221,7 +210,7 @@ async fn the_memory_cap_holds_under_100_000_outcomes_of_random_words() {
 /// Bad snapshots and ops are refused as invalid requests, and a refused import changes nothing.
 #[tokio::test]
 async fn bad_snapshots_and_ops_are_refused_and_change_nothing() {
-    let orch = orchestrator(json!({"seed": 2, "learning": {"max_features_per_agent": 4}})).await;
+    let orch = router(json!({"seed": 2, "learning": {"max_features_per_agent": 4}})).await;
     orch.register_agent(AgentConfig::new("a").with_id("a").with_capabilities(["x"]))
         .await
         .expect("registers");
@@ -300,7 +289,7 @@ async fn the_same_seed_and_calls_give_the_same_picks() {
     let tasks = world.tasks(300);
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let orch = orchestrator(json!({"seed": 23})).await;
+        let orch = router(json!({"seed": 23})).await;
         register(&orch, &world.registrations()).await;
         let mut picks = Vec::with_capacity(tasks.len());
         for task in &tasks {

@@ -10,13 +10,7 @@ use serde_json::{Value, json};
 use support::call;
 
 async fn orchestrator(seed: u64) -> Orchestrator {
-    Orchestrator::builder()
-        .legacy_mode(false)
-        .plugin(ContextAwareRoutingPlugin::new())
-        .configure("ContextAwareRoutingPlugin", json!({"seed": seed}))
-        .build()
-        .await
-        .expect("builds")
+    support::router(json!({"seed": seed})).await
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ pub(crate) mod fields;
 
 use orchestrator_core::{AgentConfig, Orchestrator};
 use plugin_api::IntegrationRequest;
+use plugin_routing::ContextAwareRoutingPlugin;
 use serde_json::Value;
 
 /// Calls `capability` with `data` through the orchestrator and returns the answer's data,
@@ -31,4 +32,16 @@ pub(crate) async fn register(orch: &Orchestrator, agents: &[(String, Vec<String>
         .await
         .expect("registers");
     }
+}
+
+/// An orchestrator with the routing plugin alone (no legacy path), configured with `config`.
+#[allow(dead_code)]
+pub(crate) async fn router(config: Value) -> Orchestrator {
+    Orchestrator::builder()
+        .legacy_mode(false)
+        .plugin(ContextAwareRoutingPlugin::new())
+        .configure("ContextAwareRoutingPlugin", config)
+        .build()
+        .await
+        .expect("builds")
 }
