@@ -12,8 +12,9 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of time for plugins.
 pub trait Clock: Send + Sync + 'static {
@@ -24,16 +25,36 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// Real time: the system clock, and a monotonic clock from when it was made. The default.
+///
+/// The monotonic clock reads the CPU's time-stamp counter where it is invariant (through
+/// [`quanta`], calibrated once per process against the OS clock), and the OS clock elsewhere:
+/// every observed dispatch reads it twice, and on virtual machines the OS clock costs about
+/// 30 ns a read against a few for the counter.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
-    origin: Instant,
+    origin_ns: u64,
 }
 
 impl SystemClock {
     /// A clock whose monotonic origin is now.
     pub fn new() -> Self {
-        Self { origin: Instant::now() }
+        Self {
+            origin_ns: real_now_ns(),
+        }
     }
+}
+
+/// The process's real monotonic clock, in nanoseconds from an arbitrary origin.
+fn real_clock() -> &'static quanta::Clock {
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
+
+/// Real monotonic nanoseconds from an arbitrary origin fixed for the process: cheap enough for
+/// the host's own timing on the dispatch path (the call timeout's first poll, see `guard`).
+pub(crate) fn real_now_ns() -> u64 {
+    let clock = real_clock();
+    clock.delta_as_nanos(0, clock.raw())
 }
 
 impl Default for SystemClock {
@@ -51,7 +72,7 @@ impl Clock for SystemClock {
     }
 
     fn monotonic_ns(&self) -> u64 {
-        self.origin.elapsed().as_nanos() as u64
+        real_now_ns().saturating_sub(self.origin_ns)
     }
 }
 

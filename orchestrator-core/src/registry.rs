@@ -281,12 +281,16 @@ impl Feeds {
     }
 }
 
+/// Capability -> its providers.
+pub(crate) type Routes = HashMap<String, Arc<Route>, foldhash::fast::RandomState>;
+
 /// The registry's state at one point in time.
 #[derive(Default)]
 pub(crate) struct Snapshot {
     pub(crate) plugins: BTreeMap<Arc<str>, Arc<PluginSlot>>,
-    /// Capability -> its providers.
-    pub(crate) routes: HashMap<String, Arc<Route>>,
+    /// Capability -> its providers. Looked up on every dispatch, so on foldhash (seeded per
+    /// process) rather than SipHash: about a fifth of the cost for a short name.
+    pub(crate) routes: Routes,
     /// Capabilities switched off. Kept even while no plugin provides them.
     pub(crate) disabled: BTreeSet<String>,
     /// The operation feeds.
@@ -294,10 +298,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn rebuild_routes(
-        plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>,
-        feeds: &Arc<Feeds>,
-    ) -> HashMap<String, Arc<Route>> {
+    fn rebuild_routes(plugins: &BTreeMap<Arc<str>, Arc<PluginSlot>>, feeds: &Arc<Feeds>) -> Routes {
         let mut routes: HashMap<String, Vec<Arc<PluginSlot>>> = HashMap::new();
         for slot in plugins.values() {
             for cap in &slot.capabilities {

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 /// The longest name kept as it is; longer ones are counted under [`OTHER`].
 pub(crate) const MAX_NAME_LEN: usize = 128;
 
-type Map = HashMap<Box<str>, Arc<Series>>;
+/// On foldhash (seeded per process): a lookup per operation, where SipHash cost about 20 ns.
+type Map = HashMap<Box<str>, Arc<Series>, foldhash::fast::RandomState>;
 
 /// Series by name.
 pub(crate) struct Names {
@@ -44,7 +45,7 @@ impl Names {
     /// An empty map whose series have `shards` shards.
     pub(crate) fn new(shards: usize) -> Self {
         Self {
-            map: ArcSwap::from_pointee(Map::new()),
+            map: ArcSwap::from_pointee(Map::default()),
             writer: Mutex::new(()),
             shards,
         }
