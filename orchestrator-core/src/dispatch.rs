@@ -24,7 +24,7 @@
 use crate::circuit::{Admission, Breaker, Transition};
 use crate::error::{DispatchError, FailedAttempt, OrchestratorError, ProviderFailure};
 use crate::feeds;
-use crate::guard::guarded;
+use crate::guard::{bounded, made};
 use crate::ids::new_correlation_id;
 use crate::legacy;
 use crate::orchestrator::Inner;
@@ -228,11 +228,15 @@ async fn dispatch(
         }
     };
 
-    let mut route = Arc::clone(route);
+    // The route of a reload, when a hot swap raced this call (see below); else the caller's,
+    // borrowed rather than cloned (a clone is two atomic read-modify-writes on a shared line).
+    let first_route = route;
+    let mut reloaded: Option<Arc<Route>> = None;
     let mut attempts = Vec::new();
     let mut pending = Some(request);
     let mut reloads = 0;
     loop {
+        let route = reloaded.as_ref().unwrap_or(first_route);
         let mut skipped_retired = false;
         let providers = &route.providers;
         for (index, slot) in providers.iter().enumerate() {
@@ -277,7 +281,9 @@ async fn dispatch(
                 }
             };
             slot.stats.calls.fetch_add(1, Ordering::Relaxed);
-            let outcome = guarded(inner.call_timeout, || slot.plugin.process_request(request)).await;
+            // Made before the await, so that the request is not kept in this state machine.
+            let call = made(|| slot.plugin.process_request(request));
+            let outcome = bounded(inner.call_timeout, call).await;
             let answered = matches!(&outcome, Ok(Ok(_))) || matches!(&outcome, Ok(Err(e)) if e.is_invalid_request());
             let probing = probe.is_some();
             if let Some(probe) = probe {
@@ -364,14 +370,15 @@ async fn dispatch(
         // times, in case swaps follow each other faster than this call.
         if skipped_retired && reloads < MAX_RELOADS && pending.is_some() {
             let fresh = inner.registry.snapshot().routes.get(&*route.capability).cloned();
-            if let Some(fresh) = fresh.filter(|fresh| !Arc::ptr_eq(fresh, &route)) {
-                route = fresh;
+            if let Some(fresh) = fresh.filter(|fresh| !Arc::ptr_eq(fresh, route)) {
+                reloaded = Some(fresh);
                 reloads += 1;
                 continue;
             }
         }
         break;
     }
+    let route = reloaded.as_ref().unwrap_or(first_route);
 
     match pending {
         Some(request) if legacy_available => Ok(serve_legacy(inner, &request, std::mem::take(correlation_id))),

@@ -31,9 +31,24 @@ pub(crate) async fn guarded<'a, T>(
     timeout: Duration,
     make: impl FnOnce() -> Boxed<'a, T>,
 ) -> Result<T, ProviderFailure> {
+    bounded(timeout, made(make)).await
+}
+
+/// The first half of [`guarded`]: the plugin's future, made under `catch_unwind`. Kept apart so
+/// that the hot path can make the future before it awaits [`bounded`], and its state machine
+/// does not carry the closure (and the request inside it) across the await.
+pub(crate) fn made<'a, T>(make: impl FnOnce() -> Boxed<'a, T>) -> Result<Boxed<'a, T>, ProviderFailure> {
+    panic::catch_unwind(AssertUnwindSafe(make)).map_err(panic_failure)
+}
+
+/// The second half of [`guarded`]: the future `made` made, run under `timeout` and
+/// `catch_unwind`.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    fut: Result<Boxed<'_, T>, ProviderFailure>,
+) -> Result<T, ProviderFailure> {
     let started = real_now_ns();
-    let fut = panic::catch_unwind(AssertUnwindSafe(make)).map_err(panic_failure)?;
-    let mut fut = CatchUnwind(fut);
+    let mut fut = CatchUnwind(fut?);
     // The first poll, with no timer: `Ready(None)` means the plugin's future is pending (and has
     // registered the waker, which the timed polls below keep).
     let first = std::future::poll_fn(|cx| match Pin::new(&mut fut).poll(cx) {

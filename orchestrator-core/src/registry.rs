@@ -151,9 +151,9 @@ impl PluginSlot {
     /// shutting down or shut down, and must not be called). The increment and the check are
     /// sequentially consistent with [`drain`](Self::drain)'s flag and count: either `drain`
     /// sees this call in flight and waits for it, or this call sees the flag and backs out.
-    pub(crate) fn enter(self: &Arc<Self>) -> Option<InFlight> {
+    pub(crate) fn enter(&self) -> Option<InFlight<'_>> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(Arc::clone(self));
+        let guard = InFlight(self);
         if self.retired.load(Ordering::SeqCst) {
             return None; // the guard's drop backs the count out
         }
@@ -213,11 +213,15 @@ impl PluginSlot {
 }
 
 /// A call in flight on a plugin; dropping it may finish a drain.
-pub(crate) struct InFlight(Arc<PluginSlot>);
+pub(crate) struct InFlight<'a>(&'a PluginSlot);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // Only a drain waits to be told (the notification takes a lock, so it is not sent on
+        // every call). All four operations are sequentially consistent: if this load misses
+        // `drain`'s flag, the flag was set after the count went down, and `wait_idle` then
+        // reads the lower count itself.
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.retired.load(Ordering::SeqCst) {
             self.0.drained.notify_waiters();
         }
     }
