@@ -1,11 +1,12 @@
 //! The security path a request takes: JWT verification plus an RBAC decision, through the
-//! orchestrator, for each algorithm; and the RBAC decision alone against a naive linear scan
-//! of the same 1,000 rules, in one group.
+//! orchestrator, for each algorithm, beside the signature check alone (the crypto backend's
+//! floor for a first use); and the RBAC decision alone against a naive linear scan of the same
+//! 1,000 rules, in one group.
 //!
 //! Run it with `cargo bench -p plugin-security`.
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
 use orchestrator_core::Orchestrator;
 use plugin_api::IntegrationRequest;
 use plugin_security::SecurityIntegrationPlugin;
@@ -120,6 +121,23 @@ fn bench_security(c: &mut Criterion) {
                 },
                 BatchSize::SmallInput,
             );
+        });
+    }
+    // The floor: the signature check alone, by jsonwebtoken's crypto backend, on the same
+    // tokens (no parsing, claims, cache or dispatch). First use cannot go below it.
+    let decoding = |alg: Algorithm| match alg {
+        Algorithm::HS256 => DecodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::RS256 => DecodingKey::from_rsa_pem(key("rsa_public.pem").as_bytes()).expect("key"),
+        _ => DecodingKey::from_ec_pem(key("ec_public.pem").as_bytes()).expect("key"),
+    };
+    for (alg, token) in &tokens {
+        let (message, signature) = token.rsplit_once('.').expect("a JWT");
+        let decoding_key = decoding(*alg);
+        group.bench_function(format!("{alg:?}_signature_only"), |b| {
+            b.iter(|| {
+                let valid = jsonwebtoken::crypto::verify(signature, message.as_bytes(), &decoding_key, *alg);
+                assert!(matches!(valid, Ok(true)));
+            });
         });
     }
     // The same token again (a client's next request): served from the verification cache.
