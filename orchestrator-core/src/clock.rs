@@ -29,7 +29,12 @@ pub trait Clock: Send + Sync + 'static {
 /// The monotonic clock reads the CPU's time-stamp counter where it is invariant (through
 /// [`quanta`], calibrated once per process against the OS clock), and the OS clock elsewhere:
 /// every observed dispatch reads it twice, and on virtual machines the OS clock costs about
-/// 30 ns a read against a few for the counter.
+/// 30 ns a read against a few for the counter. The price: the first clock made in a process
+/// calibrates (about 0.6 ms on a 2-core VM, at most 200 ms), and the counter's rate is
+/// measured once, so over long spans it may differ from the OS clock by some parts per
+/// million (the OS clock is slewed by NTP; the counter is not). For timing operations and
+/// expiring state that is well inside what matters; a plugin that needs the OS clock's exact
+/// rate over hours should read it itself.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     origin_ns: u64,
@@ -42,6 +47,14 @@ impl SystemClock {
             origin_ns: real_now_ns(),
         }
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, from the OS (no calibration).
+pub(crate) fn system_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The process's real monotonic clock, in nanoseconds from an arbitrary origin.
@@ -65,10 +78,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now_unix_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        system_unix_ms()
     }
 
     fn monotonic_ns(&self) -> u64 {
@@ -103,7 +113,7 @@ impl fmt::Debug for ManualClock {
 impl ManualClock {
     /// A clock standing at the real time now; it moves only with [`advance`](Self::advance).
     pub fn new() -> Self {
-        Self::starting_at_unix_ms(SystemClock::new().now_unix_ms())
+        Self::starting_at_unix_ms(system_unix_ms())
     }
 
     /// A clock standing at `unix_ms`.

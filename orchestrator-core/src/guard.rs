@@ -19,8 +19,10 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::task::Unconstrained;
+use tokio::time::Sleep;
 
 /// A boxed future as `async_trait` methods return it.
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,26 +49,49 @@ pub(crate) async fn bounded<T>(
     timeout: Duration,
     fut: Result<Boxed<'_, T>, ProviderFailure>,
 ) -> Result<T, ProviderFailure> {
-    let started = real_now_ns();
-    let mut fut = CatchUnwind(fut?);
-    // The first poll, with no timer: `Ready(None)` means the plugin's future is pending (and has
-    // registered the waker, which the timed polls below keep).
-    let first = std::future::poll_fn(|cx| match Pin::new(&mut fut).poll(cx) {
-        Poll::Ready(outcome) => Poll::Ready(Some(outcome)),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await;
-    let outcome = match first {
-        Some(outcome) => outcome,
-        None => {
-            let spent = Duration::from_nanos(real_now_ns().saturating_sub(started));
-            match tokio::time::timeout(timeout.saturating_sub(spent), fut).await {
-                Err(_elapsed) => return Err(ProviderFailure::timeout(timeout)),
-                Ok(outcome) => outcome,
-            }
+    Bounded {
+        call: CatchUnwind(fut?),
+        timeout,
+        started: real_now_ns(),
+        timer: None,
+    }
+    .await
+}
+
+/// A plugin's future under a timeout whose timer is made at its first `Pending`. Like tokio's
+/// `Timeout`, each poll polls the plugin's future once and then the timer, so a future that
+/// yields is not polled again before it is woken.
+struct Bounded<'a, T> {
+    call: CatchUnwind<Boxed<'a, T>>,
+    timeout: Duration,
+    /// When the first poll began, on the counter clock.
+    started: u64,
+    /// Polled without the task's cooperative budget, as tokio's `Timeout` does when the call
+    /// used it up, so that a call that keeps using it up still times out.
+    timer: Option<Pin<Box<Unconstrained<Sleep>>>>,
+}
+
+impl<T> Future for Bounded<'_, T> {
+    type Output = Result<T, ProviderFailure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(outcome) = Pin::new(&mut this.call).poll(cx) {
+            return Poll::Ready(outcome.map_err(panic_failure));
         }
-    };
-    outcome.map_err(panic_failure)
+        let (timeout, started) = (this.timeout, this.started);
+        let timer = this.timer.get_or_insert_with(|| {
+            // What the first poll took counts against the timeout.
+            let spent = Duration::from_nanos(real_now_ns().saturating_sub(started));
+            Box::pin(tokio::task::unconstrained(tokio::time::sleep(
+                timeout.saturating_sub(spent),
+            )))
+        });
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(ProviderFailure::timeout(timeout))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Like [`guarded`], without a timeout: for the embedder's own code (the agent executor), whose
@@ -121,6 +146,44 @@ mod tests {
         })
         .await;
         assert_eq!(yields_then_answers, Ok(8));
+    }
+
+    /// A call that returns `Pending` is not polled again until it is woken (a first version
+    /// polled it twice in a row, so a plugin's first `yield_now` did not yield).
+    #[tokio::test]
+    async fn a_pending_call_is_polled_again_only_when_woken() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        use std::task::Waker;
+        #[derive(Default)]
+        struct Shared {
+            polls: AtomicUsize,
+            released: AtomicBool,
+            waker: Mutex<Option<Waker>>,
+        }
+        struct Waits(Arc<Shared>);
+        impl Future for Waits {
+            type Output = usize;
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+                let polls = self.0.polls.fetch_add(1, Ordering::SeqCst) + 1;
+                if self.0.released.load(Ordering::SeqCst) {
+                    return Poll::Ready(polls);
+                }
+                *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+        let shared = Arc::new(Shared::default());
+        let releaser = Arc::clone(&shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            releaser.released.store(true, Ordering::SeqCst);
+            if let Some(waker) = releaser.waker.lock().expect("lock").take() {
+                waker.wake();
+            }
+        });
+        let polls = guarded(Duration::from_secs(5), || Box::pin(Waits(shared))).await;
+        assert_eq!(polls, Ok(2), "polled once, then once after the wake");
     }
 
     /// The timer is armed at the first `Pending`: the time the first poll took counts against

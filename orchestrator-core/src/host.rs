@@ -9,7 +9,6 @@
 //! [`MAX_CALL_DEPTH`] they are refused, so a plugin that (directly or through others) calls
 //! itself fails with a clear error instead of exhausting the stack.
 
-use crate::clock::{Clock, SystemClock};
 use crate::dispatch;
 use crate::error::{AgentError, DispatchError, OrchestratorError};
 use crate::orchestrator::Inner;
@@ -125,7 +124,7 @@ impl Host for CoreHost {
     fn now_unix_ms(&self) -> u64 {
         match self.inner.upgrade() {
             Some(inner) => inner.clock.now_unix_ms(),
-            None => SystemClock::new().now_unix_ms(),
+            None => crate::clock::system_unix_ms(),
         }
     }
 
