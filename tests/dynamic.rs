@@ -272,8 +272,11 @@ async fn every_kind_of_bad_file_has_its_own_clear_error() {
     assert_eq!(err.to_string().lines().count(), 1, "one line: {err}");
     assert!(err.to_string().contains(&*mismatch.to_string_lossy()), "{err}");
     assert_eq!(
-        summary,
-        "expected PluginModule from plugin-api 0.1.1, found OldPluginModule from layout-mismatch-plugin 0.1.0"
+        *summary,
+        format!(
+            "expected PluginModule from plugin-api {}, found OldPluginModule from layout-mismatch-plugin 0.1.0",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     assert!(details.lines().count() > 5, "the full report is kept: {details}");
 

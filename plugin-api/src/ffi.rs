@@ -3,9 +3,13 @@
 //! Built on `abi_stable`: the library exports one root module ([`PluginModule`]) whose layout and
 //! `plugin-api` version the host checks before calling anything in it. The module's single entry
 //! point builds the plugin as an [`FfiPlugin`] trait object. Everything that crosses is
-//! `abi_stable` types plus JSON text: requests, responses, errors, events and agents go over as
-//! the same JSON the legacy C ABI uses, so the two ABIs share one contract and a host or plugin
-//! upgrade never has to agree on the layout of a `serde_json::Value`.
+//! `abi_stable` types plus JSON text: errors, events and agents go over as the same JSON the
+//! legacy C ABI uses, so the two ABIs share one contract and a host or plugin upgrade never has
+//! to agree on the layout of a `serde_json::Value`. Requests, the hot path, cross as their
+//! envelope's fields plus the data's JSON ([`FfiPlugin::process_request_parts`], [`FfiRequest`],
+//! [`FfiResponse`]): parsing and writing the envelope as JSON on both sides was a quarter of a
+//! call. A plugin still answers whole requests as JSON through [`FfiPlugin::process_request`],
+//! for hosts built before the parts existed.
 //!
 //! Asynchronous methods return `async_ffi::FfiFuture`s: the plugin's future is polled by the
 //! host's executor through a C-compatible vtable. The host's own services go the other way
@@ -87,13 +91,48 @@ pub trait FfiPlugin: Send + Sync {
     /// Shuts the plugin down.
     #[sabi(last_prefix_field)]
     fn shutdown(&self) -> FfiFuture<()>;
-    /// An `Operation` as JSON, observed (see [`OrchestrationPlugin::observe`]). Added after the
-    /// prefix: the host calls it only on plugins whose manifest declares interests, which a
-    /// plugin built before it existed never does.
+    /// An `Operation` as JSON, observed (see [`OrchestrationPlugin::observe`]).
+    ///
+    /// The methods from here on were added after the prefix. `abi_stable` lets a library's
+    /// vtable have methods its host does not know, so a host built before one of them still
+    /// loads a plugin built after (and never calls it); a plugin built before one of them is
+    /// refused by a newer host's layout check, with a message to rebuild it.
     fn observe(&self, operation: RString);
     /// An `Operation` as JSON in, a `Verdict` as JSON out (see
-    /// [`OrchestrationPlugin::intercept`]). Added after the prefix, like `observe`.
+    /// [`OrchestrationPlugin::intercept`]).
     fn intercept(&self, operation: RString) -> FfiFuture<RString>;
+    /// [`process_request`](FfiPlugin::process_request) with the envelope as fields and only
+    /// the data as JSON, both ways: half the JSON of a call. The host calls this one;
+    /// `process_request` stays for hosts built before it.
+    fn process_request_parts(&self, request: FfiRequest) -> FfiFuture<RResult<FfiResponse, RString>>;
+}
+
+/// An [`IntegrationRequest`] as it crosses in [`FfiPlugin::process_request_parts`]: the
+/// envelope as fields, the capability's input as JSON.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiRequest {
+    /// [`IntegrationRequest::capability`].
+    pub capability: RString,
+    /// [`IntegrationRequest::agent_id`].
+    pub agent_id: ROption<RString>,
+    /// [`IntegrationRequest::correlation_id`].
+    pub correlation_id: ROption<RString>,
+    /// [`IntegrationRequest::data`] as JSON.
+    pub data: RString,
+}
+
+/// An [`IntegrationResponse`] as it crosses back from [`FfiPlugin::process_request_parts`]:
+/// what the plugin decides (the host fills in the rest), with the data as JSON.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiResponse {
+    /// [`IntegrationResponse::success`].
+    pub success: bool,
+    /// [`IntegrationResponse::data`] as JSON.
+    pub data: RString,
+    /// [`IntegrationResponse::error`].
+    pub error: ROption<RString>,
 }
 
 /// An owned [`FfiPlugin`] trait object.
@@ -212,7 +251,8 @@ where
     Fut: Future<Output = Result<T, PluginError>> + Send,
 {
     let fut = panic::catch_unwind(AssertUnwindSafe(make)).map_err(panicked)?;
-    CatchUnwind(Box::pin(fut)).await.map_err(panicked)?
+    // Pinned in place (this future is itself boxed by `FfiFuture`): no allocation per call.
+    CatchUnwind(std::pin::pin!(fut)).await.map_err(panicked)?
 }
 
 // ----- plugin side: exporting an OrchestrationPlugin --------------------------------------
@@ -315,6 +355,37 @@ impl<P: OrchestrationPlugin> FfiPlugin for ExportedPlugin<P> {
             let plugin = &self.plugin;
             let _ = panic::catch_unwind(AssertUnwindSafe(|| plugin.observe(&operation)));
         }
+    }
+
+    fn process_request_parts(&self, request: FfiRequest) -> FfiFuture<RResult<FfiResponse, RString>> {
+        let plugin = Arc::clone(&self.plugin);
+        FfiFuture::new(async move {
+            let result = contained(|| async move {
+                // As in `process_request`: data the host wrote and this plugin cannot read is a
+                // host/plugin mismatch, not the caller's fault.
+                let data = serde_json::from_str(&request.data)
+                    .map_err(|e| PluginError::new(format!("the host sent data this plugin cannot read: {e}")))?;
+                let request = IntegrationRequest {
+                    capability: request.capability.into_string(),
+                    agent_id: request.agent_id.into_option().map(RString::into_string),
+                    correlation_id: request.correlation_id.into_option().map(RString::into_string),
+                    data,
+                };
+                let response = plugin.process_request(request).await?;
+                let data = serde_json::to_string(&response.data)
+                    .map_err(|e| PluginError::new(format!("response does not serialize: {e}")))?;
+                Ok(FfiResponse {
+                    success: response.success,
+                    data: data.into(),
+                    error: response.error.map(RString::from).into(),
+                })
+            })
+            .await;
+            match result {
+                Ok(response) => RResult::ROk(response),
+                Err(e) => RResult::RErr(encode_error(&e)),
+            }
+        })
     }
 
     fn intercept(&self, operation: RString) -> FfiFuture<RString> {
@@ -619,6 +690,32 @@ impl std::fmt::Debug for ForeignPlugin {
 }
 
 impl ForeignPlugin {
+    /// A call through [`FfiPlugin::process_request_parts`]: the envelope as fields, the data
+    /// as JSON each way.
+    async fn process_request_parts(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+        let data = serde_json::to_string(&request.data).map_err(|e| PluginError::new(e.to_string()))?;
+        let parts = FfiRequest {
+            capability: request.capability.into(),
+            agent_id: request.agent_id.map(RString::from).into(),
+            correlation_id: request.correlation_id.map(RString::from).into(),
+            data: data.into(),
+        };
+        let answer = self.ffi.process_request_parts(parts).await.into_result();
+        let answer = answer.map_err(|e| decode_error(&e))?;
+        let bytes = answer.data.len() + answer.error.as_ref().map_or(0, |e| e.len());
+        if bytes > MAX_RESPONSE_BYTES {
+            return Err(PluginError::new(format!(
+                "the plugin answered with {bytes} bytes, over the host's limit of {MAX_RESPONSE_BYTES}; not read"
+            )));
+        }
+        let data = serde_json::from_str(&answer.data)
+            .map_err(|e| PluginError::new(format!("the plugin answered with unreadable data: {e}")))?;
+        let mut response = IntegrationResponse::ok(data);
+        response.success = answer.success;
+        response.error = answer.error.into_option().map(RString::into_string);
+        Ok(response)
+    }
+
     /// Builds the plugin through `module` and reads its manifest.
     pub fn new(module: PluginModuleRef) -> Result<Self, PluginError> {
         let new_plugin = module.new_plugin();
@@ -660,17 +757,7 @@ impl OrchestrationPlugin for ForeignPlugin {
     }
 
     async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
-        let json = serde_json::to_string(&request).map_err(|e| PluginError::new(e.to_string()))?;
-        let answer = self.ffi.process_request(json.into()).await.into_result();
-        match answer {
-            Ok(json) if json.len() > MAX_RESPONSE_BYTES => Err(PluginError::new(format!(
-                "the plugin answered with {} bytes, over the host's limit of {MAX_RESPONSE_BYTES}; not read",
-                json.len()
-            ))),
-            Ok(json) => serde_json::from_str(&json)
-                .map_err(|e| PluginError::new(format!("the plugin answered with an unreadable response: {e}"))),
-            Err(e) => Err(decode_error(&e)),
-        }
+        self.process_request_parts(request).await
     }
 
     async fn health_check(&self) -> HealthStatus {
@@ -779,6 +866,92 @@ mod tests {
     #[test]
     fn root_module_symbol_matches_abi_stable() {
         assert_eq!(ROOT_MODULE_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+    }
+
+    /// Answers with what it received; "fail" fails well-formed, "refuse" is an invalid
+    /// request, "panic" panics.
+    struct Echo;
+
+    #[async_trait]
+    impl OrchestrationPlugin for Echo {
+        fn name(&self) -> &str {
+            "Echo"
+        }
+        fn capabilities(&self) -> Vec<String> {
+            vec!["echo".into()]
+        }
+        async fn initialize(&self, _host: HostHandle) -> Result<(), PluginError> {
+            Ok(())
+        }
+        async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+            match request.capability.as_str() {
+                "fail" => Ok(IntegrationResponse::failure("it went wrong: \"quoted\" ünïcode")),
+                "refuse" => Err(PluginError::invalid_request("no such field")),
+                "panic" => panic!("echo panicked"),
+                _ => Ok(IntegrationResponse::ok(serde_json::json!({
+                    "capability": request.capability,
+                    "agent_id": request.agent_id,
+                    "correlation_id": request.correlation_id,
+                    "data": request.data,
+                }))),
+            }
+        }
+        async fn health_check(&self) -> HealthStatus {
+            HealthStatus::healthy()
+        }
+    }
+
+    fn run<F: Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+                return value;
+            }
+        }
+    }
+
+    /// How a host built before `process_request_parts` calls a plugin: the whole request as
+    /// JSON through `process_request`.
+    fn call_as_json(ffi: &FfiPluginBox, request: &IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
+        let json = serde_json::to_string(request).expect("serializes");
+        match run(ffi.process_request(json.into())).into_result() {
+            Ok(json) => Ok(serde_json::from_str(&json).expect("a response")),
+            Err(e) => Err(decode_error(&e)),
+        }
+    }
+
+    /// The host calls plugins by parts; a host built before that calls them with JSON. A
+    /// plugin must give both the same answers.
+    #[test]
+    fn requests_as_parts_and_as_json_get_the_same_answers() {
+        let ffi = new_exported_plugin(|| Echo).into_result().expect("builds");
+        let manifest: PluginManifest =
+            serde_json::from_str(&ffi.manifest().into_result().expect("a manifest")).expect("reads");
+        let by_json = new_exported_plugin(|| Echo).into_result().expect("builds");
+        let host = ForeignPlugin { ffi, manifest };
+        let requests = [
+            IntegrationRequest::new(
+                "echo",
+                serde_json::json!({"text": "a \"b\" \u{1F600}", "n": [1, 2.5, null]}),
+            ),
+            IntegrationRequest::new("echo", Value::Null)
+                .with_agent("agent-1")
+                .with_correlation_id("c-1"),
+            IntegrationRequest::new("fail", serde_json::json!({})),
+            IntegrationRequest::new("refuse", serde_json::json!({})),
+            IntegrationRequest::new("panic", serde_json::json!({})),
+        ];
+        for request in requests {
+            let by_parts = run(host.process_request(request.clone()));
+            assert_eq!(by_parts, call_as_json(&by_json, &request), "{}", request.capability);
+            if request.capability == "echo" {
+                let data = by_parts.expect("answers").data;
+                assert_eq!(data["data"], request.data);
+                assert_eq!(data["agent_id"], serde_json::json!(request.agent_id));
+                assert_eq!(data["correlation_id"], serde_json::json!(request.correlation_id));
+            }
+        }
     }
 
     #[test]
