@@ -17,10 +17,11 @@
 //! # What is learned
 //!
 //! Each outcome (`performance_learning`) teaches a Bayesian probit regression over the task's
-//! *features*: its words (or its explicit `topic`, which then stands alone: the caller said
-//! which tasks are alike) and its required capabilities. It learns, per agent, a bias (how good
-//! it is overall) and a weight per word, and, shared by all agents that declare a capability, a
-//! weight per capability and word: one database agent's success on a "schema" task raises every
+//! *features*: its words, less identifiers such as item numbers and hashes (or its explicit
+//! `topic`, which then stands alone: the caller said which tasks are alike) and its required
+//! capabilities. It learns, per agent, a bias (how good it is overall) and a weight per word,
+//! and, shared by all agents that declare a capability, a weight per capability and word: one
+//! database agent's success on a "schema" task raises every
 //! database agent for the next task that says "schema", phrased however, including in words no
 //! agent declared. Beside it, the words of each capability's successful tasks are counted, and
 //! a task's words are scored for each capability by how much more often they appear in that

@@ -181,13 +181,24 @@ async fn the_memory_cap_holds_under_100_000_outcomes_of_random_words() {
         .await
         .expect("registers");
     }
+    // Words of letters: digits would make them identifiers, which are not features.
+    let word = |mut n: u64| {
+        let mut w = String::from("w");
+        loop {
+            w.push(char::from(b'a' + (n % 26) as u8));
+            n /= 26;
+            if n == 0 {
+                return w;
+            }
+        }
+    };
     let mut rng = fields::Rng::new(99);
     for i in 0..100_000u32 {
         let description = format!(
-            "w{} w{} w{}",
-            rng.next_u64() % 50_000,
-            rng.next_u64() % 50_000,
-            rng.next_u64() % 500
+            "{} {} {}",
+            word(rng.next_u64() % 50_000),
+            word(rng.next_u64() % 50_000),
+            word(rng.next_u64() % 500)
         );
         learn(&orch, ids[i as usize % 4], &description, rng.next_f64() < 0.5).await;
     }
@@ -205,6 +216,25 @@ async fn the_memory_cap_holds_under_100_000_outcomes_of_random_words() {
         assert_eq!(snapshot["agents"][id]["words"].as_object().map(|w| w.len()), Some(64));
     }
     assert!(bytes.iter().all(|b| *b < 64 * 64), "bytes per agent {bytes:?}");
+}
+
+/// Identifiers in task text (item numbers, hashes) are not learned: 5,000 tasks that differ
+/// only by one leave the model with the words they share.
+#[tokio::test]
+async fn identifiers_in_task_text_take_up_no_weights() {
+    let orch = router(json!({"seed": 3})).await;
+    orch.register_agent(AgentConfig::new("a").with_id("a").with_capabilities(["deploy"]))
+        .await
+        .expect("registers");
+    for n in 0..5_000u64 {
+        let description = format!("deploy the cluster for item {} build {n:x}{n:08}", 100_000 + n);
+        learn(&orch, "a", &description, n % 3 != 0).await;
+    }
+    let profile = call(&orch, "agent_profiling", json!({"agent_id": "a"})).await;
+    // deploy, cluster, item, build.
+    assert_eq!(profile["learned_features"], 4, "{profile}");
+    let snapshot = call(&orch, "performance_learning", json!({"op": "export"})).await["snapshot"].clone();
+    assert_eq!(snapshot["shared"].as_array().map(Vec::len), Some(4), "{snapshot}");
 }
 
 /// Bad snapshots and ops are refused as invalid requests, and a refused import changes nothing.
