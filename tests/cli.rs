@@ -79,18 +79,38 @@ fn check_runs_the_conformance_kit() {
 }
 
 /// A fresh, empty directory under the system's temporary directory, for one test.
-fn temp_dir(name: &str) -> std::path::PathBuf {
+fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("orchestrator-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    TempDir(dir)
 }
 
-/// Writes `text` to `name` in a fresh temporary directory and returns the file's path as text.
-fn temp_file(test: &str, name: &str, text: &str) -> String {
-    let path = temp_dir(test).join(name);
+/// A temporary directory, removed when dropped (each run used to leave its directories, one
+/// with a copy of a plugin library, in the system's temporary directory).
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `text` to `name` in a fresh temporary directory; returns the directory (keep it
+/// while the file is used) and the file's path as text.
+fn temp_file(test: &str, name: &str, text: &str) -> (TempDir, String) {
+    let dir = temp_dir(test);
+    let path = dir.join(name);
     std::fs::write(&path, text).expect("write temp file");
-    path.to_str().expect("utf-8 path").to_owned()
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    (dir, path)
 }
 
 #[test]
@@ -146,7 +166,7 @@ fn health_exits_0_when_every_plugin_is_healthy() {
 
 #[test]
 fn submit_runs_a_task_through_the_pipeline() {
-    let agents = temp_file(
+    let (_dir, agents) = temp_file(
         "submit",
         "agents.json",
         r#"[{"id": "db-1", "capabilities": ["database"], "capacity": 2},
@@ -197,7 +217,7 @@ fn submit_names_a_missing_or_malformed_agents_file() {
     assert!(stderr.contains(missing), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let malformed = temp_file("malformed-agents", "agents.json", r#"{"id": "db-1"}"#);
+    let (_malformed_dir, malformed) = temp_file("malformed-agents", "agents.json", r#"{"id": "db-1"}"#);
     let (code, _, stderr) = orchestrator(&["submit", "anything", "--agents", &malformed]);
     assert_eq!(code, 1);
     assert!(stderr.contains(&malformed) && stderr.contains("JSON array"), "{stderr}");
@@ -240,7 +260,7 @@ fn demo_accounts_for_every_task() {
 
 #[test]
 fn a_bad_config_file_is_named_with_its_key() {
-    let config = temp_file(
+    let (_dir, config) = temp_file(
         "bad-config",
         "orchestrator.toml",
         "[orchestrator]\nno_such_setting = 1\n",
