@@ -63,7 +63,7 @@
 //! Identifiers are not features: a word of at least four digits and no fewer digits than
 //! letters (an item number, a year, a hash, a date) names one task rather than a kind of task,
 //! so it could never be learned from, and each one would take up weights until evicted. The
-//! pipeline bench says "item <n>" in every task: skipping the numbers took it from 21.8k to
+//! pipeline bench says `item <n>` in every task: skipping the numbers took it from 21.8k to
 //! 41.1k tasks/s with the nine plugins (`cargo bench --bench pipeline`), the model's lock no
 //! longer held while new weights are made and old ones evicted. Words with a few digits
 //! (`k8s`, `utf8`, `404`, `sha256`) stay.
