@@ -700,14 +700,14 @@ impl ForeignPlugin {
             correlation_id: request.correlation_id.map(RString::from).into(),
             data: data.into(),
         };
-        let answer = self.ffi.process_request_parts(parts).await.into_result();
-        let answer = answer.map_err(|e| decode_error(&e))?;
-        let bytes = answer.data.len() + answer.error.as_ref().map_or(0, |e| e.len());
-        if bytes > MAX_RESPONSE_BYTES {
-            return Err(PluginError::new(format!(
-                "the plugin answered with {bytes} bytes, over the host's limit of {MAX_RESPONSE_BYTES}; not read"
-            )));
-        }
+        let answer = match self.ffi.process_request_parts(parts).await.into_result() {
+            Ok(answer) => answer,
+            Err(error) => {
+                within_limit(error.len())?;
+                return Err(decode_error(&error));
+            }
+        };
+        within_limit(answer.data.len() + answer.error.as_ref().map_or(0, |e| e.len()))?;
         let data = serde_json::from_str(&answer.data)
             .map_err(|e| PluginError::new(format!("the plugin answered with unreadable data: {e}")))?;
         let mut response = IntegrationResponse::ok(data);
@@ -722,7 +722,9 @@ impl ForeignPlugin {
         let ffi = new_plugin()
             .into_result()
             .map_err(|e| PluginError::new(e.into_string()))?;
-        let manifest = ffi.manifest().into_result().map_err(|e| decode_error(&e))?;
+        let manifest = ffi.manifest().into_result();
+        within_limit(manifest.as_ref().map_or_else(|e| e.len(), |m| m.len()))?;
+        let manifest = manifest.map_err(|e| decode_error(&e))?;
         let manifest: PluginManifest = serde_json::from_str(&manifest)
             .map_err(|e| PluginError::new(format!("the plugin's manifest is unreadable: {e}")))?;
         Ok(Self { ffi, manifest })
@@ -762,6 +764,9 @@ impl OrchestrationPlugin for ForeignPlugin {
 
     async fn health_check(&self) -> HealthStatus {
         let json = self.ffi.health_check().await;
+        if let Err(e) = within_limit(json.len()) {
+            return HealthStatus::unhealthy(e.message);
+        }
         serde_json::from_str(&json)
             .unwrap_or_else(|e| HealthStatus::unhealthy(format!("unreadable health status: {e}")))
     }
@@ -792,8 +797,23 @@ impl OrchestrationPlugin for ForeignPlugin {
             return Verdict::Allow;
         };
         let answer = self.ffi.intercept(json.into()).await;
+        // An answer too big to read is as good as none: the operation goes ahead (fail-open,
+        // as for an interceptor that fails).
+        if within_limit(answer.len()).is_err() {
+            return Verdict::Allow;
+        }
         serde_json::from_str(&answer).unwrap_or(Verdict::Allow)
     }
+}
+
+/// Refuses, unread, an answer of `bytes` over [`MAX_RESPONSE_BYTES`].
+fn within_limit(bytes: usize) -> Result<(), PluginError> {
+    if bytes > MAX_RESPONSE_BYTES {
+        return Err(PluginError::new(format!(
+            "the plugin answered with {bytes} bytes, over the host's limit of {MAX_RESPONSE_BYTES}; not read"
+        )));
+    }
+    Ok(())
 }
 
 /// The name of the symbol that holds an `abi_stable` library's header: what
@@ -886,6 +906,8 @@ mod tests {
         async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
             match request.capability.as_str() {
                 "fail" => Ok(IntegrationResponse::failure("it went wrong: \"quoted\" ünïcode")),
+                "huge" => Ok(IntegrationResponse::ok(Value::String("x".repeat(MAX_RESPONSE_BYTES)))),
+                "huge_error" => Err(PluginError::new("x".repeat(MAX_RESPONSE_BYTES + 1))),
                 "refuse" => Err(PluginError::invalid_request("no such field")),
                 "panic" => panic!("echo panicked"),
                 _ => Ok(IntegrationResponse::ok(serde_json::json!({
@@ -951,6 +973,22 @@ mod tests {
                 assert_eq!(data["agent_id"], serde_json::json!(request.agent_id));
                 assert_eq!(data["correlation_id"], serde_json::json!(request.correlation_id));
             }
+        }
+    }
+
+    /// An answer over the host's limit, as data or as an error, is refused unread.
+    #[test]
+    fn answers_over_the_limit_are_refused_unread() {
+        let ffi = new_exported_plugin(|| Echo).into_result().expect("builds");
+        let manifest: PluginManifest =
+            serde_json::from_str(&ffi.manifest().into_result().expect("a manifest")).expect("reads");
+        let host = ForeignPlugin { ffi, manifest };
+        for capability in ["huge", "huge_error"] {
+            let error =
+                run(host.process_request(IntegrationRequest::new(capability, Value::Null))).expect_err("refused");
+            let start: String = error.message.chars().take(80).collect();
+            assert!(error.message.contains("over the host's limit"), "{capability}: {start}");
+            assert!(error.message.len() < 200, "{capability}: not read");
         }
     }
 

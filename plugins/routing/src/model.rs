@@ -61,12 +61,14 @@
 //! profiles and snapshots.
 //!
 //! Identifiers are not features: a word of at least four digits and no fewer digits than
-//! letters (an item number, a year, a hash, a date) names one task rather than a kind of task,
-//! so it could never be learned from, and each one would take up weights until evicted. The
-//! pipeline bench says `item <n>` in every task: skipping the numbers took it from 21.8k to
-//! 41.1k tasks/s with the nine plugins (`cargo bench --bench pipeline`), the model's lock no
-//! longer held while new weights are made and old ones evicted. Words with a few digits
-//! (`k8s`, `utf8`, `404`, `sha256`) stay.
+//! letters (an item number, a year, a date), or of seven or more hex digits with a decimal one
+//! among them (a hash), names one task rather than a kind of task, so it could never be
+//! learned from, and each one would take up weights until evicted. The pipeline bench says
+//! `item <n>` in every task: skipping the numbers took it from 21.8k to 33k-41k tasks/s with the
+//! nine plugins (`cargo bench --bench pipeline`), the model's lock no longer held while new
+//! weights are made and old ones evicted. Words with a few digits
+//! (`k8s`, `utf8`, `404`, `sha256`) stay; four-digit numbers such as ports (`8080`) go, and a
+//! UUID, which the tokenizer splits at its dashes, leaves its short middle groups.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -252,10 +254,13 @@ impl TaskFeatures {
 }
 
 /// Whether a word names one thing rather than a kind of thing (see the module docs): at least
-/// four digits, and no fewer digits than letters.
+/// four digits and no fewer digits than letters, or seven or more hex digits with at least one
+/// decimal digit among them (a hash).
 fn is_identifier(word: &str) -> bool {
     let digits = word.chars().filter(char::is_ascii_digit).count();
-    digits >= 4 && digits >= word.chars().count() - digits
+    let numeric = digits >= 4 && digits >= word.chars().count() - digits;
+    let hash = digits >= 1 && word.len() >= 7 && word.chars().all(|c| c.is_ascii_hexdigit());
+    numeric || hash
 }
 
 /// One weight's posterior, and what it has seen.
@@ -1334,12 +1339,14 @@ mod tests {
 
     #[test]
     fn identifiers_are_not_features_and_words_with_a_few_digits_are() {
-        let text = "migrate item 12345 a3f9c2e1 2026 k8s utf8 404 sha256 ipv6 550e8400";
+        let text = "migrate item 12345 a3f9c2e1 2026 k8s utf8 404 sha256 ipv6 550e8400 deadbeef12 facade base64";
         let w: Vec<String> = text.split(' ').map(str::to_owned).collect();
         let features = TaskFeatures::new(&w, None, &["work".to_owned()]);
         assert_eq!(
             features.names(),
-            ["migrate", "item", "k8s", "utf8", "404", "sha256", "ipv6", "cap:work"]
+            [
+                "migrate", "item", "k8s", "utf8", "404", "sha256", "ipv6", "facade", "base64", "cap:work"
+            ]
         );
     }
 
