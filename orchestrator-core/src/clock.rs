@@ -57,7 +57,7 @@ pub(crate) fn system_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The process's real monotonic clock, in nanoseconds from an arbitrary origin.
+/// The process's counter clock, calibrated on first use.
 fn real_clock() -> &'static quanta::Clock {
     static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
     CLOCK.get_or_init(quanta::Clock::new)

@@ -690,32 +690,6 @@ impl std::fmt::Debug for ForeignPlugin {
 }
 
 impl ForeignPlugin {
-    /// A call through [`FfiPlugin::process_request_parts`]: the envelope as fields, the data
-    /// as JSON each way.
-    async fn process_request_parts(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
-        let data = serde_json::to_string(&request.data).map_err(|e| PluginError::new(e.to_string()))?;
-        let parts = FfiRequest {
-            capability: request.capability.into(),
-            agent_id: request.agent_id.map(RString::from).into(),
-            correlation_id: request.correlation_id.map(RString::from).into(),
-            data: data.into(),
-        };
-        let answer = match self.ffi.process_request_parts(parts).await.into_result() {
-            Ok(answer) => answer,
-            Err(error) => {
-                within_limit(error.len())?;
-                return Err(decode_error(&error));
-            }
-        };
-        within_limit(answer.data.len() + answer.error.as_ref().map_or(0, |e| e.len()))?;
-        let data = serde_json::from_str(&answer.data)
-            .map_err(|e| PluginError::new(format!("the plugin answered with unreadable data: {e}")))?;
-        let mut response = IntegrationResponse::ok(data);
-        response.success = answer.success;
-        response.error = answer.error.into_option().map(RString::into_string);
-        Ok(response)
-    }
-
     /// Builds the plugin through `module` and reads its manifest.
     pub fn new(module: PluginModuleRef) -> Result<Self, PluginError> {
         let new_plugin = module.new_plugin();
@@ -758,8 +732,30 @@ impl OrchestrationPlugin for ForeignPlugin {
             .map_err(|e| decode_error(&e))
     }
 
+    /// Through [`FfiPlugin::process_request_parts`]: the envelope as fields, the data as JSON
+    /// each way.
     async fn process_request(&self, request: IntegrationRequest) -> Result<IntegrationResponse, PluginError> {
-        self.process_request_parts(request).await
+        let data = serde_json::to_string(&request.data).map_err(|e| PluginError::new(e.to_string()))?;
+        let parts = FfiRequest {
+            capability: request.capability.into(),
+            agent_id: request.agent_id.map(RString::from).into(),
+            correlation_id: request.correlation_id.map(RString::from).into(),
+            data: data.into(),
+        };
+        let answer = match self.ffi.process_request_parts(parts).await.into_result() {
+            Ok(answer) => answer,
+            Err(error) => {
+                within_limit(error.len())?;
+                return Err(decode_error(&error));
+            }
+        };
+        within_limit(answer.data.len() + answer.error.as_ref().map_or(0, |e| e.len()))?;
+        let data = serde_json::from_str(&answer.data)
+            .map_err(|e| PluginError::new(format!("the plugin answered with unreadable data: {e}")))?;
+        let mut response = IntegrationResponse::ok(data);
+        response.success = answer.success;
+        response.error = answer.error.into_option().map(RString::into_string);
+        Ok(response)
     }
 
     async fn health_check(&self) -> HealthStatus {
@@ -923,14 +919,21 @@ mod tests {
         }
     }
 
+    /// The output of a future that completes in one poll, as every call of the in-process
+    /// `Echo` does.
     fn run<F: Future>(future: F) -> F::Output {
-        let mut future = std::pin::pin!(future);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
-                return value;
-            }
+        match std::pin::pin!(future).poll(&mut cx) {
+            Poll::Ready(value) => value,
+            Poll::Pending => panic!("an in-process call of Echo waited"),
         }
+    }
+
+    /// `Echo`, exported and called as the host calls a dynamic plugin.
+    fn foreign_echo() -> ForeignPlugin {
+        let ffi = new_exported_plugin(|| Echo).into_result().expect("builds");
+        let manifest = serde_json::from_str(&ffi.manifest().into_result().expect("a manifest")).expect("reads");
+        ForeignPlugin { ffi, manifest }
     }
 
     /// How a host built before `process_request_parts` calls a plugin: the whole request as
@@ -947,11 +950,8 @@ mod tests {
     /// plugin must give both the same answers.
     #[test]
     fn requests_as_parts_and_as_json_get_the_same_answers() {
-        let ffi = new_exported_plugin(|| Echo).into_result().expect("builds");
-        let manifest: PluginManifest =
-            serde_json::from_str(&ffi.manifest().into_result().expect("a manifest")).expect("reads");
+        let host = foreign_echo();
         let by_json = new_exported_plugin(|| Echo).into_result().expect("builds");
-        let host = ForeignPlugin { ffi, manifest };
         let requests = [
             IntegrationRequest::new(
                 "echo",
@@ -979,10 +979,7 @@ mod tests {
     /// An answer over the host's limit, as data or as an error, is refused unread.
     #[test]
     fn answers_over_the_limit_are_refused_unread() {
-        let ffi = new_exported_plugin(|| Echo).into_result().expect("builds");
-        let manifest: PluginManifest =
-            serde_json::from_str(&ffi.manifest().into_result().expect("a manifest")).expect("reads");
-        let host = ForeignPlugin { ffi, manifest };
+        let host = foreign_echo();
         for capability in ["huge", "huge_error"] {
             let error =
                 run(host.process_request(IntegrationRequest::new(capability, Value::Null))).expect_err("refused");

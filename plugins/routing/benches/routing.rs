@@ -27,17 +27,18 @@
 //!
 //! Run it with `cargo bench -p plugin-routing`.
 
-#[path = "../tests/support/fields.rs"]
-mod fields;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fields::{FieldsWorld, Routed, Task};
 use orchestrator_core::{AgentConfig, AgentId, Orchestrator};
 use plugin_api::IntegrationRequest;
 use plugin_routing::ContextAwareRoutingPlugin;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::hint::black_box;
+use support::fields::{self, FieldsWorld, Routed, Task};
+use support::router;
 
 const KINDS: [&str; 5] = ["parsing", "deployment", "database", "frontend", "security"];
 
@@ -171,17 +172,6 @@ fn simulate(rt: &tokio::runtime::Runtime) {
             (rate(&v[2000..]) / rr_late - 1.0) * 100.0
         );
     }
-}
-
-/// A fresh orchestrator with this plugin alone (no legacy path), configured with `config`.
-async fn router(config: Value) -> Orchestrator {
-    Orchestrator::builder()
-        .legacy_mode(false)
-        .plugin(ContextAwareRoutingPlugin::new())
-        .configure("ContextAwareRoutingPlugin", config)
-        .build()
-        .await
-        .expect("builds")
 }
 
 /// Registers the vocabulary world's agents on a fresh orchestrator with this plugin, configured

@@ -1,5 +1,5 @@
-//! What the routing tests share. A test file includes it with `mod support;`; the bench includes
-//! the files it needs by path (`#[path = "../tests/support/fields.rs"] mod fields;`).
+//! What the routing tests and the bench share. A test file includes it with `mod support;`; the
+//! bench by path (`#[path = "../tests/support/mod.rs"] mod support;`).
 
 pub(crate) mod fields;
 
